@@ -1,0 +1,38 @@
+# lmforge: `make demo` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.lmforge-installed
+PYTEST_ARGS ?=
+
+.PHONY: install demo test bench lint clean
+
+install: $(STAMP)
+
+# torch comes first and pinned: resolving a bare `torch` would fetch a multi-GB CUDA build.
+# --no-build-isolation lets setup.py see that torch to build the extension.
+$(STAMP): pyproject.toml setup.py $(wildcard csrc/*) examples/lmforge-sqlite/pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet setuptools wheel ninja
+	$(BIN)/pip install --quiet --no-build-isolation -e ".[dev]"
+	$(BIN)/pip install --quiet --no-build-isolation ./examples/lmforge-sqlite
+	touch $@
+
+demo: install
+	$(BIN)/lmforge data prepare examples/configs/demo.yaml
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python -m pytest benchmarks -s -o python_files='bench_*.py' -o addopts='' \
+		--benchmark-columns=median,min,max,rounds $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check core plugins tests benchmarks examples setup.py
+
+clean:
+	rm -rf build *.egg-info core/_C*.so

@@ -1,0 +1,5 @@
+"""Entry point for `python -m lmforge`."""
+
+from lmforge.cli import main
+
+main()

@@ -1,0 +1,79 @@
+"""The data-stage interfaces: records, data sources and preprocessors."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any, Literal, TypedDict
+
+from pydantic import Field
+
+from lmforge.errors import DataError
+from lmforge.settings import NoSettings, Settings
+
+
+class Record(TypedDict, total=False):
+    """One document: its text, an optional label, and where it came from ("file:line")."""
+
+    text: str
+    label: Any
+    source: str
+
+
+class SourceSettings(Settings):
+    """Settings every data source shares."""
+
+    errors: Literal["strict", "skip"] = Field(
+        "strict", description="strict: the first bad record fails the run, naming file and line; "
+                              "skip: bad records are skipped and counted by reason")
+    max_line_bytes: int = Field(
+        1 << 20, ge=1, description="a longer line is a bad record (guards memory against "
+                                   "files with no line breaks)")
+
+
+class DataSource(ABC):
+    """Streams records; memory must not grow with the size of the corpus."""
+
+    Settings = SourceSettings
+
+    def __init__(self, settings: SourceSettings):
+        self.settings = settings
+        self.skipped: Counter[str] = Counter()
+
+    @abstractmethod
+    def records(self) -> Iterator[Record]:
+        """Yield records in a deterministic order."""
+
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """A hash of everything the records depend on: equal fingerprints, equal records."""
+
+    def bad(self, where: str, reason: str, message: str) -> None:
+        """Report a bad record: raise in strict mode, count it under `reason` in skip mode."""
+        if self.settings.errors == "strict":
+            raise DataError(f"{where}: {message} (set errors: skip on the data source to skip "
+                            f"and count such records instead)")
+        self.skipped[reason] += 1
+
+
+class Preprocessor(ABC):
+    """Transforms or drops one record at a time; the pipeline counts records and characters."""
+
+    Settings = NoSettings
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.dropped: Counter[str] = Counter()
+
+    @abstractmethod
+    def process(self, record: Record) -> Record | None:
+        """Return the record (changed or not), or `self.drop(reason)` to remove it."""
+
+    def drop(self, reason: str) -> None:
+        self.dropped[reason] += 1
+        return None
+
+    def report(self) -> dict[str, Any]:
+        """Figures beyond the counts the pipeline keeps (e.g. duplicate rates)."""
+        return {}

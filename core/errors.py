@@ -1,0 +1,21 @@
+"""Exceptions lmforge raises for problems the user can fix; the CLI prints them without a traceback."""
+
+
+class LmforgeError(Exception):
+    """A problem with the user's input, config or environment, with a message that says how to fix it."""
+
+
+class ConfigError(LmforgeError):
+    """A config file or override that does not validate."""
+
+
+class DataError(LmforgeError):
+    """A bad record in strict mode, or unreadable input; the message names file and line."""
+
+
+class RegistryError(LmforgeError):
+    """An unknown or duplicate component name."""
+
+
+class PluginError(LmforgeError):
+    """A plugin that failed to load or register, fatal under LMFORGE_STRICT_PLUGINS=1."""

@@ -1,0 +1,1 @@
+"""The built-in lmforge plugins, registered through the same hooks as any installed plugin."""

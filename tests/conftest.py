@@ -1,0 +1,37 @@
+"""Shared fixtures: tests never autoload third-party plugins unless the test is about that."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from lmforge.plugin_manager import reset_host
+
+os.environ["LMFORGE_LOAD_PLUGINS"] = ""
+os.environ.pop("LMFORGE_DISABLE_PLUGINS", None)
+os.environ.pop("LMFORGE_STRICT_PLUGINS", None)
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_plugin_host():
+    reset_host()
+    yield
+    reset_host()
+
+
+@pytest.fixture
+def registry():
+    """The registry of the built-in plugins only."""
+    from lmforge.plugin_manager import load_plugins
+
+    return load_plugins({"LMFORGE_LOAD_PLUGINS": ""}).registry
+
+
+@pytest.fixture
+def shared_data():
+    """The shared corpora folder; tests using it skip where it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA
