@@ -1,0 +1,38 @@
+"""Data preparation throughput (MB/s of input) on Jane Austen's novels, with and without near-dup."""
+
+from __future__ import annotations
+
+import pytest
+
+from lmforge.config import resolve
+from lmforge.plugin_manager import load_plugins
+from lmforge.prepare import prepare_data
+
+CHAIN = [{"type": "normalize"}, {"type": "clean"}, {"type": "filter"}]
+
+VARIANTS = {
+    "exact-dedup": {"preprocess": [*CHAIN, {"type": "dedup"}],
+                    "split": {"leakage_check": False}},
+    "near-dedup": {"preprocess": [*CHAIN, {"type": "dedup", "near": True}],
+                   "split": {"leakage_check": False}},
+    "near-dedup+leakage-check": {"preprocess": [*CHAIN, {"type": "dedup", "near": True}],
+                                 "split": {"leakage_check": True}},
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_prepare_throughput(benchmark, variant, austen, tmp_path):
+    registry = load_plugins({"LMFORGE_LOAD_PLUGINS": ""}).registry
+    raw = {"name": variant, "runs_dir": str(tmp_path),
+           "data": {"source": {"type": "text", "paths": [str(austen)], "unit": "paragraph"},
+                    **VARIANTS[variant]}}
+    config = resolve(raw, registry)
+    prepared = benchmark.pedantic(lambda: prepare_data(config, force=True), rounds=3,
+                                  iterations=1, warmup_rounds=0)
+    report = prepared.report
+    megabytes = report["source"]["bytes"] / 1e6
+    median = benchmark.stats.stats.median
+    benchmark.extra_info.update({"MB": round(megabytes, 3), "MB/s": round(megabytes / median, 2),
+                                 "records": report["source"]["records"]})
+    print(f"\n{variant}: {megabytes:.2f} MB, {report['source']['records']} records, "
+          f"median {median:.2f} s, {megabytes / median:.2f} MB/s")

@@ -1,0 +1,180 @@
+"""The `lmforge` command line; plugins add subcommands through the `register_commands` hook."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+import lmforge
+from lmforge.errors import LmforgeError, PluginError
+from lmforge.plugin_manager import PluginHost, get_host
+
+console = Console()
+err_console = Console(stderr=True)
+
+set_option = click.option(
+    "--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+    help="Override a config value, e.g. --set data.split.val=0.1 (repeatable; YAML values).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(lmforge.__version__, "--version", prog_name="lmforge")
+def cli() -> None:
+    """Train, evaluate, export and serve your own language models."""
+
+
+@cli.group()
+def plugins() -> None:
+    """List installed plugins and the components they provide."""
+
+
+@plugins.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins_list(as_json: bool) -> None:
+    """Every plugin, built-in or installed, with its distribution, version and components."""
+    host = get_host()
+    if not as_json:
+        from lmforge.render import plugins_table
+
+        console.print(plugins_table(host))
+        return
+    listing = {
+        "plugins": [{"name": p.name, "distribution": p.distribution, "version": p.version,
+                     "builtin": p.builtin, "module": p.module,
+                     "components": [{"kind": e.kind, "name": e.name}
+                                    for e in host.registry.entries()
+                                    if e.provider.plugin == p.name]}
+                    for p in host.plugins],
+        "failed": [{"name": f.name, "distribution": f.distribution, "version": f.version,
+                    "entry_point": f.entry_point, "stage": f.stage, "error": f.error}
+                   for f in host.failures],
+    }
+    click.echo(json.dumps(listing, indent=2))
+
+
+@plugins.command("show")
+@click.argument("name")
+def plugins_show(name: str) -> None:
+    """A component's docstring, settings (types and defaults) and the plugin that provides it."""
+    from lmforge.render import component_view
+
+    registry = get_host().registry
+    entries = registry.find(name)
+    if not entries:
+        names = ", ".join(sorted({e.name for e in registry.entries()}))
+        raise LmforgeError(f"no component named {name!r}; components: {names}")
+    for entry in entries:
+        component_view(console, entry)
+
+
+@cli.group()
+def config() -> None:
+    """Check and show configs."""
+
+
+@config.command("validate")
+@click.argument("file", type=click.Path(dir_okay=False))
+@set_option
+def config_validate(file: str, overrides: tuple[str, ...]) -> None:
+    """Resolve every component and validate every setting, building nothing."""
+    from lmforge.config import load_config
+
+    resolved = load_config(file, overrides)
+    sections = ", ".join(resolved.to_dict())
+    console.print(f"[green]ok[/green]: {file} is valid (run {resolved.name!r}; {sections})")
+
+
+@config.command("show")
+@click.argument("file", type=click.Path(dir_okay=False))
+@set_option
+def config_show(file: str, overrides: tuple[str, ...]) -> None:
+    """Print the resolved config with every default filled in."""
+    from lmforge.config import load_config
+
+    click.echo(load_config(file, overrides).to_yaml(), nl=False)
+
+
+@cli.group()
+def data() -> None:
+    """The data stage."""
+
+
+@data.command("prepare")
+@click.argument("file", type=click.Path(dir_okay=False))
+@set_option
+@click.option("--force", is_flag=True, help="Prepare again even when a complete cache exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def data_prepare(file: str, overrides: tuple[str, ...], force: bool, as_json: bool) -> None:
+    """Stream the corpus through cleaning, dedup and the split; print and save a data report."""
+    from lmforge.config import load_config
+    from lmforge.prepare import prepare_data
+    from lmforge.render import data_report_view
+
+    resolved = load_config(file, overrides)
+    with Progress(TextColumn("preparing {task.description}"), BarColumn(),
+                  TextColumn("{task.fields[records]:,} records, {task.fields[mb]:.1f} MB"),
+                  TimeElapsedColumn(), console=err_console, transient=True,
+                  disable=as_json) as progress:
+        task = progress.add_task(resolved.name, total=None, records=0, mb=0.0)
+        prepared = prepare_data(resolved, force=force, progress=lambda records, size: progress.update(
+            task, records=records, mb=size / 1e6))
+    if as_json:
+        click.echo(json.dumps(prepared.report, indent=2))
+        return
+    if prepared.cached:
+        console.print(f"[cyan]cached[/cyan]: the data is unchanged; reusing {prepared.folder} "
+                      f"(--force prepares again)")
+    data_report_view(console, prepared.report)
+    console.print(f"report: {prepared.folder / 'report.json'}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def doctor(as_json: bool) -> None:
+    """Python, torch, threads, CPU features, kernels, onnxruntime and plugin health."""
+    from lmforge.doctor import diagnose
+    from lmforge.render import doctor_view
+
+    findings = diagnose(get_host())
+    if as_json:
+        click.echo(json.dumps(findings, indent=2))
+    else:
+        doctor_view(console, findings)
+
+
+def add_plugin_commands(host: PluginHost) -> None:
+    """Let each plugin add subcommands; a plugin whose hook raises is reported, not fatal."""
+    for impl in host.manager.hook.register_commands.get_hookimpls():
+        try:
+            impl.function(cli=cli)
+        except Exception as exc:
+            err_console.print(f"lmforge: warning: plugin {impl.plugin_name!r} failed to add its "
+                              f"commands: {type(exc).__name__}: {exc}", markup=False, soft_wrap=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: user errors print one clear message and exit 2."""
+    try:
+        host = get_host()
+    except PluginError as exc:
+        err_console.print(f"lmforge: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(3)
+    host.warn_failures()
+    add_plugin_commands(host)
+    try:
+        cli.main(args=argv, prog_name="lmforge", standalone_mode=False)
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except LmforgeError as exc:
+        err_console.print(f"lmforge: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)

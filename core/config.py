@@ -1,0 +1,312 @@
+"""YAML configs: load, apply `--set` overrides, resolve every component and validate its settings."""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError
+
+from lmforge.errors import ConfigError, RegistryError
+from lmforge.registry import Entry, Registry
+from lmforge.settings import Settings
+from lmforge.split import SplitSettings
+
+# Top-level sections that name one component, and the registry kind each looks up.
+COMPONENT_SECTIONS = {
+    "tokenizer": "tokenizer",
+    "model": "model",
+    "task": "task",
+    "trainer": "trainer",
+    "export": "exporter",
+    "serve": "server",
+}
+RUN_KEYS = ("name", "runs_dir", "seed")
+TOP_LEVEL_KEYS = (*RUN_KEYS, "data", *COMPONENT_SECTIONS)
+DATA_KEYS = ("source", "preprocess", "split")
+
+
+class RunSettings(Settings):
+    """Settings of the run itself."""
+
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                             description="the run's folder name; default: the config file's stem")
+    runs_dir: str = Field("runs", description="where run folders are created")
+    seed: int = 0
+
+
+@dataclass
+class Component:
+    """A component named in a config, with its validated settings."""
+
+    path: str
+    entry: Entry
+    settings: Settings
+
+    def create(self) -> Any:
+        return self.entry.create(self.settings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.entry.name, **self.settings.model_dump(mode="json")}
+
+
+@dataclass
+class DataConfig:
+    source: Component
+    preprocess: list[Component]
+    split: SplitSettings
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source.to_dict(),
+                "preprocess": [step.to_dict() for step in self.preprocess],
+                "split": self.split.model_dump(mode="json")}
+
+
+@dataclass
+class RunConfig:
+    """A resolved config: every component looked up, every setting validated, defaults filled."""
+
+    name: str
+    runs_dir: Path
+    seed: int
+    data: DataConfig | None
+    components: dict[str, Component] = field(default_factory=dict)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.runs_dir / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        resolved: dict[str, Any] = {"name": self.name, "runs_dir": str(self.runs_dir),
+                                    "seed": self.seed}
+        if self.data is not None:
+            resolved["data"] = self.data.to_dict()
+        resolved.update({key: c.to_dict() for key, c in self.components.items()})
+        return resolved
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+_KEY_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def parse_key_path(key: str) -> list[str | int]:
+    """`data.preprocess[2].min_chars` (or `data.preprocess.2.min_chars`) -> parts."""
+    parts: list[str | int] = []
+    for name, index in _KEY_PART.findall(key):
+        parts.append(int(index) if index else int(name) if name.isdigit() else name)
+    if not parts or ".." in key:
+        raise ConfigError(f"--set {key!r}: expected a dotted key path like model.n_layer")
+    return parts
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> tuple:
+    """Apply one `key.path=value` override in place (the value is parsed as YAML); return the path."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {assignment!r}: expected key.path=value")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {assignment!r}: the value is not valid YAML: {exc}") from None
+    parts = parse_key_path(key.strip())
+    node: Any = raw
+    for depth, part in enumerate(parts[:-1]):
+        here = ".".join(str(p) for p in parts[: depth + 1])
+        if isinstance(node, dict):
+            node = node.setdefault(part, [] if isinstance(parts[depth + 1], int) else {})
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            raise ConfigError(f"--set {assignment!r}: cannot descend into {here}: "
+                              f"found {type(node).__name__} {node!r}")
+    last = parts[-1]
+    if isinstance(node, dict):
+        node[last] = value
+    elif isinstance(node, list) and isinstance(last, int) and last <= len(node):
+        node[last:last + 1] = [value]
+    else:
+        raise ConfigError(f"--set {assignment!r}: {key} does not name a setting: "
+                          f"its parent is {type(node).__name__} {node!r}")
+    return tuple(parts)
+
+
+def _line_map(text: str) -> dict[tuple, int | str]:
+    """Key path -> 1-based line of each node in a YAML document, for error messages."""
+    lines: dict[tuple, int | str] = {}
+
+    def walk(node: yaml.Node, path: tuple) -> None:
+        lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, value_node in node.value:
+                key = key_node.value
+                if key in seen:
+                    raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} appears "
+                                      f"twice in the same mapping (first on line {seen[key]})")
+                seen[key] = key_node.start_mark.line + 1
+                walk(value_node, (*path, key))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                walk(item, (*path, index))
+
+    root = yaml.compose(text)
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def read_yaml(path: str | Path) -> tuple[dict[str, Any], dict[tuple, int | str]]:
+    """Parse a config file; returns the mapping and a key-path -> line map."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config: {exc}") from None
+    try:
+        lines = _line_map(text)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, "
+                          f"found {type(raw).__name__}")
+    return raw, lines
+
+
+class _Resolver:
+    """Validates a raw config, collecting every problem with its key path and line."""
+
+    def __init__(self, registry: Registry, origin: str, lines: dict[tuple, int | str]):
+        self.registry = registry
+        self.origin = origin
+        self.lines = lines
+        self.problems: list[str] = []
+
+    def problem(self, path: tuple, message: str) -> None:
+        line = next((self.lines[path[:n]] for n in range(len(path), 0, -1)
+                     if path[:n] in self.lines), None)
+        # an int is a line of the file; a string names the --set override that put the value there
+        where = line if isinstance(line, str) else f"{self.origin}:{line}" if line else self.origin
+        key = _format_path(path) or "(top level)"
+        self.problems.append(f"{where}: {key}: {message}")
+
+    def settings(self, model: type[Settings], values: Any, path: tuple) -> Settings | None:
+        if not isinstance(values, dict):
+            self.problem(path, f"expected a mapping of settings, found {values!r}")
+            return None
+        try:
+            return model.model_validate(values)
+        except ValidationError as exc:
+            for error in exc.errors():
+                self.problem((*path, *error["loc"]), _explain(error, model))
+            return None
+
+    def component(self, kind: str, value: Any, path: tuple) -> Component | None:
+        if isinstance(value, str):
+            value = {"type": value}
+        if not isinstance(value, dict) or not isinstance(value.get("type"), str):
+            names = ", ".join(self.registry.names(kind)) or "none installed"
+            self.problem(path, f"expected a mapping with 'type' naming a {kind.replace('_', ' ')} "
+                               f"({names}), found {value!r}")
+            return None
+        try:
+            entry = self.registry.get(kind, value["type"])
+        except RegistryError as exc:
+            self.problem((*path, "type"), str(exc))
+            return None
+        settings = self.settings(entry.settings, {k: v for k, v in value.items() if k != "type"},
+                                 path)
+        return Component(_format_path(path), entry, settings) if settings else None
+
+    def data(self, raw: Any) -> DataConfig | None:
+        if not isinstance(raw, dict):
+            self.problem(("data",), f"expected a mapping with {', '.join(DATA_KEYS)}, found {raw!r}")
+            return None
+        for key in raw:
+            if key not in DATA_KEYS:
+                self.problem(("data", key), f"unknown key; data takes {', '.join(DATA_KEYS)}")
+        source = None
+        if "source" not in raw:
+            self.problem(("data",), "missing 'source': the data source to read")
+        else:
+            source = self.component("data_source", raw["source"], ("data", "source"))
+        steps = raw.get("preprocess") or []
+        if not isinstance(steps, list):
+            self.problem(("data", "preprocess"), f"expected a list of preprocessors, found {steps!r}")
+            steps = []
+        preprocess = [self.component("preprocessor", step, ("data", "preprocess", i))
+                      for i, step in enumerate(steps)]
+        split = self.settings(SplitSettings, raw.get("split") or {}, ("data", "split"))
+        if source is None or split is None or None in preprocess:
+            return None
+        return DataConfig(source, preprocess, split)
+
+
+def _format_path(path: tuple) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _explain(error: dict, model: type[Settings]) -> str:
+    if error["type"] == "extra_forbidden":
+        allowed = ", ".join(model.model_fields)
+        return f"unknown setting; allowed: {allowed or 'none'}"
+    found = error.get("input")
+    message = error["msg"]
+    if error["type"] == "missing":
+        return "missing required setting"
+    return f"{message} (found {found!r})"
+
+
+def resolve(raw: dict[str, Any], registry: Registry, *, origin: str = "<config>",
+            lines: dict[tuple, int | str] | None = None, default_name: str = "run") -> RunConfig:
+    """Validate a raw config mapping against the registry; raise ConfigError listing every problem."""
+    resolver = _Resolver(registry, origin, lines or {})
+    for key in raw:
+        if key not in TOP_LEVEL_KEYS:
+            resolver.problem((key,), f"unknown section; allowed: {', '.join(TOP_LEVEL_KEYS)}")
+    run = resolver.settings(RunSettings, {k: raw[k] for k in RUN_KEYS if k in raw}, ())
+    data = resolver.data(raw["data"]) if "data" in raw else None
+    components = {}
+    for section, kind in COMPONENT_SECTIONS.items():
+        if section in raw:
+            components[section] = resolver.component(kind, raw[section], (section,))
+    if resolver.problems:
+        count = len(resolver.problems)
+        raise ConfigError(f"{count} problem{'s' if count > 1 else ''} in the config:\n  "
+                          + "\n  ".join(resolver.problems))
+    return RunConfig(name=run.name or default_name, runs_dir=Path(run.runs_dir), seed=run.seed,
+                     data=data, components=components)
+
+
+def load_config(path: str | Path, overrides: tuple[str, ...] | list[str] = (),
+                registry: Registry | None = None) -> RunConfig:
+    """Read a YAML config, apply `--set` overrides, and resolve it."""
+    if registry is None:
+        from lmforge.plugin_manager import get_host
+
+        registry = get_host().registry
+    raw, lines = read_yaml(path)
+    raw = copy.deepcopy(raw)
+    for assignment in overrides:
+        overridden = apply_override(raw, assignment)
+        for key in [k for k in lines if k[:len(overridden)] == overridden]:
+            del lines[key]
+        lines[overridden] = f"--set {assignment}"
+    return resolve(raw, registry, origin=str(path), lines=lines, default_name=Path(path).stem)

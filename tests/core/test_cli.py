@@ -1,0 +1,148 @@
+"""The installed `lmforge` console script, run as a subprocess the way a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from importlib.metadata import PackageNotFoundError, distribution
+from pathlib import Path
+
+import pytest
+
+from .fake_dists import BROKEN_IMPORT, make_distribution
+
+LMFORGE = Path(sys.executable).with_name("lmforge")
+
+COMMAND_PLUGIN = '''
+    """A plugin adding a subcommand."""
+    import click
+    from lmforge import hookimpl
+
+
+    @hookimpl
+    def register_commands(cli):
+        @cli.command()
+        def hello():
+            """Say hello."""
+            click.echo("hello from a plugin")
+'''
+
+
+def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("LMFORGE_")}
+    environ.update(env or {})
+    return subprocess.run([str(LMFORGE), *args], capture_output=True, text=True, env=environ,
+                          cwd=cwd, timeout=120)
+
+
+@pytest.fixture
+def broken_env(tmp_path):
+    make_distribution(tmp_path, "broken-plugin", "0.3", {"broken": "broken_mod"},
+                      {"broken_mod": BROKEN_IMPORT})
+    return {"PYTHONPATH": str(tmp_path)}
+
+
+def test_version_from_console_script_and_module():
+    assert run("--version").stdout.strip() == "lmforge, version 0.1.0"
+    module = subprocess.run([sys.executable, "-m", "lmforge", "--version"], capture_output=True,
+                            text=True, timeout=120)
+    assert module.stdout.strip() == "lmforge, version 0.1.0"
+
+
+def test_plugins_list_json_shows_builtins_and_the_installed_example():
+    result = run("plugins", "list", "--json")
+    assert result.returncode == 0, result.stderr
+    listing = json.loads(result.stdout)
+    by_name = {p["name"]: p for p in listing["plugins"]}
+    assert by_name["lmforge.plugins.sources"]["builtin"] is True
+    assert {"kind": "data_source", "name": "text"} in by_name["lmforge.plugins.sources"][
+        "components"]
+    try:
+        distribution("lmforge-sqlite")
+    except PackageNotFoundError:
+        pytest.skip("the example plugin lmforge-sqlite is not installed")
+    sqlite = by_name["sqlite"]
+    assert (sqlite["distribution"], sqlite["version"], sqlite["builtin"]) == (
+        "lmforge-sqlite", "0.1.0", False)
+
+
+def test_broken_plugin_warns_once_and_strict_mode_fails(broken_env):
+    result = run("plugins", "list", env=broken_env)
+    assert result.returncode == 0
+    assert result.stderr.count("plugin 'broken' (broken-plugin 0.3") == 1
+    assert "text" in result.stdout
+    strict = run("plugins", "list", env={**broken_env, "LMFORGE_STRICT_PLUGINS": "1"})
+    assert strict.returncode != 0
+    assert "Traceback" in strict.stderr and "lmforge_no_such_module" in strict.stderr
+
+
+def test_plugins_show_gives_doc_settings_and_provider():
+    result = run("plugins", "show", "filter")
+    assert result.returncode == 0, result.stderr
+    assert "lmforge.plugins.preprocess" in result.stdout and "built-in" in result.stdout
+    assert "min_chars" in result.stdout
+    missing = run("plugins", "show", "nope")
+    assert missing.returncode == 2 and "no component named 'nope'" in missing.stderr
+
+
+def test_config_validate_reports_unknown_names_with_the_choices(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("data:\n  source:\n    type: nope\n  preprocess: [unknown-step]\n")
+    result = run("config", "validate", str(config))
+    assert result.returncode == 2
+    assert "unknown data source 'nope'; available:" in result.stderr
+    assert "python-docs" in result.stderr and "jsonl" in result.stderr
+    assert "unknown preprocessor 'unknown-step'; available:" in result.stderr
+    assert "dedup" in result.stderr
+
+
+def test_config_show_prints_the_resolved_config(tmp_path):
+    config = tmp_path / "ok.yaml"
+    config.write_text("data:\n  source: python-docs\n")
+    result = run("config", "show", str(config), "--set", "data.split.val=0.2")
+    assert result.returncode == 0, result.stderr
+    assert "val: 0.2" in result.stdout and "type: python-docs" in result.stdout
+    assert "name: ok" in result.stdout and "max_line_bytes" in result.stdout
+
+
+def test_data_prepare_prints_the_report_then_hits_the_cache(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"Paragraph number {i} of the corpus." for i in range(60)))
+    config = tmp_path / "small.yaml"
+    config.write_text("# lmforge data prepare small.yaml\n"
+                      f"data:\n  source:\n    type: text\n    paths: [{corpus}]\n"
+                      "  preprocess: [normalize, dedup]\n")
+    first = run("data", "prepare", str(config), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "data preparation" in first.stdout and "splits" in first.stdout
+    reports = list((tmp_path / "runs" / "small" / "data").glob("prepared-*/report.json"))
+    assert len(reports) == 1
+    second = run("data", "prepare", str(config), cwd=tmp_path)
+    assert "cached" in second.stdout
+
+
+def test_data_error_is_one_clear_line(tmp_path):
+    config = tmp_path / "missing.yaml"
+    config.write_text(f"data:\n  source:\n    type: text\n    paths: [{tmp_path}/none.txt]\n")
+    result = run("data", "prepare", str(config), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "none.txt" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_doctor_reports_torch_kernels_and_plugins():
+    result = run("doctor", "--json")
+    assert result.returncode == 0, result.stderr
+    findings = json.loads(result.stdout)
+    assert findings["torch"]["installed"] and findings["torch"]["threads"] >= 1
+    assert "built" in findings["kernels"]
+    assert findings["failed_plugins"] == []
+
+
+def test_plugin_can_add_a_command(tmp_path):
+    make_distribution(tmp_path, "hello-plugin", "0.1", {"hello": "hello_mod"},
+                      {"hello_mod": COMMAND_PLUGIN})
+    result = run("hello", env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "hello from a plugin"

@@ -1,0 +1,151 @@
+"""Config loading, overrides, validation errors and the shipped example configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lmforge.config import apply_override, load_config, parse_key_path, resolve
+from lmforge.errors import ConfigError
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "configs"
+
+VALID = """\
+name: tiny
+data:
+  source:
+    type: text
+    paths: [corpus.txt]
+  preprocess:
+    - type: normalize
+    - type: filter
+      min_chars: 5
+  split:
+    val: 0.1
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "conf.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def errors_of(path: Path, registry, *overrides: str) -> str:
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, overrides, registry)
+    return str(raised.value)
+
+
+def test_valid_config_resolves_with_defaults(tmp_path, registry):
+    config = load_config(write(tmp_path, VALID), registry=registry)
+    assert config.name == "tiny"
+    assert config.run_dir == Path("runs/tiny")
+    assert config.data.source.entry.name == "text"
+    assert config.data.source.settings.errors == "strict"  # a default, filled in
+    assert [step.entry.name for step in config.data.preprocess] == ["normalize", "filter"]
+    assert config.data.preprocess[1].settings.min_chars == 5
+    assert config.data.split.val == 0.1 and config.data.split.test == 0.05
+
+
+def test_name_defaults_to_the_file_stem(tmp_path, registry):
+    path = write(tmp_path, VALID.replace("name: tiny\n", ""), "my-run.yaml")
+    assert load_config(path, registry=registry).name == "my-run"
+
+
+def test_show_output_is_a_config_that_resolves_to_itself(tmp_path, registry):
+    config = load_config(write(tmp_path, VALID), registry=registry)
+    shown = write(tmp_path, config.to_yaml(), "shown.yaml")
+    assert load_config(shown, registry=registry).to_dict() == config.to_dict()
+    assert "max_line_bytes" in config.to_yaml()
+
+
+def test_unknown_source_lists_the_available_names_with_file_and_line(tmp_path, registry):
+    path = write(tmp_path, VALID.replace("type: text", "type: txet"))
+    message = errors_of(path, registry)
+    assert f"{path}:4: data.source.type: unknown data source 'txet'" in message
+    for name in ("text", "jsonl", "csv", "tsv", "python-docs"):
+        assert name in message
+
+
+def test_unknown_preprocessor_lists_the_available_names(tmp_path, registry):
+    path = write(tmp_path, VALID.replace("type: normalize", "type: normalise"))
+    message = errors_of(path, registry)
+    assert "data.preprocess[0].type: unknown preprocessor 'normalise'" in message
+    assert "normalize" in message and "dedup" in message
+
+
+def test_bad_type_gives_key_path_and_value_found(tmp_path, registry):
+    path = write(tmp_path, VALID.replace("min_chars: 5", "min_chars: many"))
+    message = errors_of(path, registry)
+    assert f"{path}:9: data.preprocess[1].min_chars:" in message
+    assert "valid integer" in message and "'many'" in message
+
+
+def test_out_of_range_value_says_what_is_allowed(tmp_path, registry):
+    path = write(tmp_path, VALID.replace("val: 0.1", "val: 1.5"))
+    message = errors_of(path, registry)
+    assert "data.split.val: Input should be less than 1 (found 1.5)" in message
+
+
+def test_unknown_setting_lists_the_allowed_ones(tmp_path, registry):
+    path = write(tmp_path, VALID.replace("min_chars: 5", "min_char: 5"))
+    message = errors_of(path, registry)
+    assert "data.preprocess[1].min_char: unknown setting; allowed:" in message
+    assert "min_chars" in message
+
+
+def test_unknown_section_and_every_problem_reported_together(tmp_path, registry):
+    path = write(tmp_path, VALID + "modle:\n  type: gpt\n")
+    message = errors_of(path, registry, "data.split.val=2")
+    assert "modle: unknown section" in message
+    assert "--set data.split.val=2: data.split.val" in message
+    assert message.startswith("2 problems")
+
+
+def test_duplicate_key_and_yaml_syntax_errors_name_the_line(tmp_path, registry):
+    duplicate = write(tmp_path, VALID + "name: again\n", "dup.yaml")
+    assert "line 12: key 'name' appears twice in the same mapping (first on line 1)" in errors_of(
+        duplicate, registry)
+    broken = write(tmp_path, "data:\n  source: [unclosed\n", "broken.yaml")
+    assert f"{broken}:3: not valid YAML" in errors_of(broken, registry)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml", registry=registry)
+
+
+def test_overrides_parse_values_as_yaml(tmp_path, registry):
+    overrides = ("data.source.paths=[a.txt, b.txt]", "data.preprocess[1].min_chars=7",
+                 "data.preprocess.0.lowercase=true", "seed=3", "data.split.mode=contiguous")
+    config = load_config(write(tmp_path, VALID), overrides, registry)
+    assert config.data.source.settings.paths == ["a.txt", "b.txt"]
+    assert config.data.preprocess[1].settings.min_chars == 7
+    assert config.data.preprocess[0].settings.lowercase is True
+    assert config.seed == 3 and config.data.split.mode == "contiguous"
+
+
+def test_override_errors_are_clear():
+    raw = yaml.safe_load(VALID)
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        apply_override(raw, "seed")
+    with pytest.raises(ConfigError, match="cannot descend into name.first: found str 'tiny'"):
+        apply_override(raw, "name.first.second=x")
+    with pytest.raises(ConfigError, match="name.first does not name a setting"):
+        apply_override(raw, "name.first=x")
+    with pytest.raises(ConfigError, match="expected a dotted key path"):
+        parse_key_path("a..b")
+
+
+def test_bare_string_names_a_component_with_default_settings(registry):
+    raw = {"data": {"source": "python-docs", "preprocess": ["normalize"]}}
+    config = resolve(raw, registry)
+    assert config.data.source.entry.name == "python-docs"
+    assert config.data.preprocess[0].settings.lowercase is False
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_validates(path, registry):
+    first_line = path.read_text(encoding="utf-8").splitlines()[0]
+    assert first_line.startswith("# lmforge "), "a shipped config starts with its command"
+    load_config(path, registry=registry)
