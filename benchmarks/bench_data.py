@@ -1,4 +1,4 @@
-"""Data preparation throughput (MB/s of input) on Jane Austen's novels, with and without near-dup."""
+"""Data preparation throughput (MB/s of input) on Jane Austen's novels,, exact and near dedup."""
 
 from __future__ import annotations
 

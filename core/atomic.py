@@ -1,4 +1,4 @@
-"""Crash-safe writes: temporary file or folder, fsync, rename; nothing saved is ever half-written."""
+"""Crash-safe writes: temporary file or folder, fsync, rename; nothing saved is half-written."""
 
 from __future__ import annotations
 

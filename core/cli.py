@@ -120,8 +120,10 @@ def data_prepare(file: str, overrides: tuple[str, ...], force: bool, as_json: bo
                   TimeElapsedColumn(), console=err_console, transient=True,
                   disable=as_json) as progress:
         task = progress.add_task(resolved.name, total=None, records=0, mb=0.0)
-        prepared = prepare_data(resolved, force=force, progress=lambda records, size: progress.update(
-            task, records=records, mb=size / 1e6))
+        def report_progress(records: int, size: int) -> None:
+            progress.update(task, records=records, mb=size / 1e6)
+
+        prepared = prepare_data(resolved, force=force, progress=report_progress)
     if as_json:
         click.echo(json.dumps(prepared.report, indent=2))
         return
@@ -153,7 +155,8 @@ def add_plugin_commands(host: PluginHost) -> None:
             impl.function(cli=cli)
         except Exception as exc:
             err_console.print(f"lmforge: warning: plugin {impl.plugin_name!r} failed to add its "
-                              f"commands: {type(exc).__name__}: {exc}", markup=False, soft_wrap=True)
+                              f"commands: {type(exc).__name__}: {exc}",
+                              markup=False, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""YAML configs: load, apply `--set` overrides, resolve every component and validate its settings."""
+"""YAML configs: load, apply `--set` overrides, resolve every component, validate settings."""
 
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def parse_key_path(key: str) -> list[str | int]:
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> tuple:
-    """Apply one `key.path=value` override in place (the value is parsed as YAML); return the path."""
+    """Apply one `key.path=value` override (the value is YAML) in place; return the key path."""
     key, sep, text = assignment.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {assignment!r}: expected key.path=value")
@@ -234,7 +234,8 @@ class _Resolver:
 
     def data(self, raw: Any) -> DataConfig | None:
         if not isinstance(raw, dict):
-            self.problem(("data",), f"expected a mapping with {', '.join(DATA_KEYS)}, found {raw!r}")
+            self.problem(("data",),
+                         f"expected a mapping with {', '.join(DATA_KEYS)}, found {raw!r}")
             return None
         for key in raw:
             if key not in DATA_KEYS:
@@ -246,7 +247,8 @@ class _Resolver:
             source = self.component("data_source", raw["source"], ("data", "source"))
         steps = raw.get("preprocess") or []
         if not isinstance(steps, list):
-            self.problem(("data", "preprocess"), f"expected a list of preprocessors, found {steps!r}")
+            self.problem(("data", "preprocess"),
+                         f"expected a list of preprocessors, found {steps!r}")
             steps = []
         preprocess = [self.component("preprocessor", step, ("data", "preprocess", i))
                       for i, step in enumerate(steps)]
@@ -276,7 +278,7 @@ def _explain(error: dict, model: type[Settings]) -> str:
 
 def resolve(raw: dict[str, Any], registry: Registry, *, origin: str = "<config>",
             lines: dict[tuple, int | str] | None = None, default_name: str = "run") -> RunConfig:
-    """Validate a raw config mapping against the registry; raise ConfigError listing every problem."""
+    """Validate a raw config against the registry; raise one ConfigError listing every problem."""
     resolver = _Resolver(registry, origin, lines or {})
     for key in raw:
         if key not in TOP_LEVEL_KEYS:

@@ -1,8 +1,8 @@
-"""Exceptions lmforge raises for problems the user can fix; the CLI prints them without a traceback."""
+"""Exceptions for problems the user can fix; the CLI prints them without a traceback."""
 
 
 class LmforgeError(Exception):
-    """A problem with the user's input, config or environment, with a message that says how to fix it."""
+    """A problem with the input, config or environment; the message says how to fix it."""
 
 
 class ConfigError(LmforgeError):

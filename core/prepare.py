@@ -195,8 +195,10 @@ class _SplitWriter:
     def __init__(self, folder: Path, data: DataConfig):
         self.settings = data.split
         self._stack = ExitStack()
-        self.handles = {s: self._stack.enter_context(open(folder / f"{s}.jsonl", "w",
-                                                          encoding="utf-8")) for s in SPLITS}
+        self.handles = {}
+        for split in SPLITS:
+            handle = open(folder / f"{split}.jsonl", "w", encoding="utf-8")  # noqa: SIM115
+            self.handles[split] = self._stack.enter_context(handle)  # closed by close()
         self.records = Counter()
         self.chars = Counter()
         self.labels: dict[str, Counter] = {s: Counter() for s in SPLITS}

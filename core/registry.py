@@ -95,7 +95,8 @@ class Registry:
             raise RegistryError(f"unknown component kind {kind!r}; kinds: {', '.join(KINDS)}")
         if name not in by_name:
             available = ", ".join(sorted(by_name)) or "none (no plugin provides one)"
-            raise RegistryError(f"unknown {kind.replace('_', ' ')} {name!r}; available: {available}")
+            kind_name = kind.replace("_", " ")
+            raise RegistryError(f"unknown {kind_name} {name!r}; available: {available}")
         return by_name[name]
 
     def names(self, kind: str) -> list[str]:

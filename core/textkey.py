@@ -1,15 +1,12 @@
 """The normalized form of a text that exact dedup and the split hash compare."""
 
 import hashlib
-import re
 import unicodedata
-
-_SPACE = re.compile(r"\s+")
 
 
 def text_key(text: str) -> str:
     """NFKC, case-folded, whitespace collapsed: texts differing only in these compare equal."""
-    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
 def text_digest(text: str) -> bytes:

@@ -12,10 +12,11 @@ from collections.abc import Iterator
 from fnmatch import fnmatch
 from pathlib import Path
 
+from pydantic import Field
+
 from lmforge import hookimpl
 from lmforge.data import DataSource, Record, SourceSettings
 from lmforge.errors import DataError
-from pydantic import Field
 
 # Folders that hold tests, demos, GUI code or vendored packages rather than library docs.
 SKIPPED_FOLDERS = ("site-packages", "dist-packages", "test", "tests", "idlelib", "turtledemo",

@@ -4,6 +4,7 @@ import re
 from itertools import islice
 
 import pytest
+
 from lmforge.errors import DataError
 from lmforge.plugins import python_docs
 from lmforge.plugins.python_docs import PythonDocsSource

@@ -7,6 +7,7 @@ from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 import pytest
+
 from lmforge.errors import DataError
 from lmforge.plugin_manager import load_plugins
 

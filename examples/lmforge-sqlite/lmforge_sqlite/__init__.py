@@ -8,10 +8,11 @@ from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
+from pydantic import Field
+
 from lmforge import hookimpl
 from lmforge.data import DataSource, Record, SourceSettings
 from lmforge.errors import DataError
-from pydantic import Field
 
 BATCH_ROWS = 1000
 
@@ -21,7 +22,8 @@ class SqliteSource(DataSource):
 
     The database is opened read-only. Each row gives the text of `text_column` and, when
     `label_column` is set, that column as the label; its source is `FILE.db:row N`, counting the
-    query's rows from 1. A NULL or non-text value in the text column, or a NULL label, is a bad record.
+    query's rows from 1. A NULL or non-text value in the text column, or a NULL label, is a bad
+    record.
     """
 
     class Settings(SourceSettings):
