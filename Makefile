@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*) examples/lmforge-sqlite/pyp
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet setuptools wheel ninja
+	$(BIN)/pip install --quiet setuptools wheel ninja numpy
 	$(BIN)/pip install --quiet --no-build-isolation -e ".[dev]"
 	$(BIN)/pip install --quiet --no-build-isolation ./examples/lmforge-sqlite
 	touch $@

@@ -111,13 +111,14 @@ def prepare_data(config: RunConfig, *, force: bool = False,
     started = time.perf_counter()
     steps = [_StepCounter(f"source:{data.source.entry.name}")]
     steps += [_StepCounter(c.entry.name, c.create()) for c in data.preprocess]
-    input_bytes = Counter()
+    input_bytes = 0
 
     def read() -> Iterator[Record]:
+        nonlocal input_bytes
         for record in source.records():
-            input_bytes["n"] += len(record["text"].encode("utf-8"))
+            input_bytes += len(record["text"].encode("utf-8"))
             if progress is not None and steps[0].records_in % 1024 == 0:
-                progress(steps[0].records_in, input_bytes["n"])
+                progress(steps[0].records_in, input_bytes)
             yield record
 
     stream: Iterable[Record] = read()
@@ -136,7 +137,7 @@ def prepare_data(config: RunConfig, *, force: bool = False,
         report = {
             "lmforge": lmforge.__version__,
             "source": {"type": data.source.entry.name, "records": steps[0].records_out,
-                       "chars": steps[0].chars_out, "bytes": input_bytes["n"],
+                       "chars": steps[0].chars_out, "bytes": input_bytes,
                        "skipped": dict(sorted(source.skipped.items()))},
             "steps": [step.report() for step in steps[1:]],
             "duplicates": _duplicate_figures(steps[1:]),
@@ -144,7 +145,7 @@ def prepare_data(config: RunConfig, *, force: bool = False,
             "labels": writer.label_counts(),
             "leakage": writer.leakage(),
             "seconds": round(seconds, 3),
-            "mb_per_s": round(input_bytes["n"] / 1e6 / seconds, 3) if seconds > 0 else None,
+            "mb_per_s": round(input_bytes / 1e6 / seconds, 3) if seconds > 0 else None,
         }
         (tmp / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     atomic_write_text(data_dir / "report.json", json.dumps(report, indent=2))
