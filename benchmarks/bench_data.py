@@ -15,7 +15,7 @@ VARIANTS = {
                     "split": {"leakage_check": False}},
     "near-dedup": {"preprocess": [*CHAIN, {"type": "dedup", "near": True}],
                    "split": {"leakage_check": False}},
-    "near-dedup+leakage-check": {"preprocess": [*CHAIN, {"type": "dedup", "near": True}],
+    "near-dedup-leakage-check": {"preprocess": [*CHAIN, {"type": "dedup", "near": True}],
                                  "split": {"leakage_check": True}},
 }
 

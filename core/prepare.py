@@ -116,7 +116,8 @@ def prepare_data(config: RunConfig, *, force: bool = False,
     def read() -> Iterator[Record]:
         nonlocal input_bytes
         for record in source.records():
-            input_bytes += len(record["text"].encode("utf-8"))
+            text = record["text"]
+            input_bytes += len(text) if text.isascii() else len(text.encode("utf-8"))
             if progress is not None and steps[0].records_in % 1024 == 0:
                 progress(steps[0].records_in, input_bytes)
             yield record
