@@ -1,0 +1,66 @@
+"""The model interface: a factory of torch modules, and what a language model module provides."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from lmforge.settings import NoSettings, Settings
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the task and tokenizer tell the model factory."""
+
+    task: str
+    vocab_size: int
+    pad_id: int | None = None
+    num_labels: int | None = None  # classification tasks
+
+
+class Model(ABC):
+    """A registered model: builds an `nn.Module` for a task from its settings and a ModelSpec."""
+
+    Settings = NoSettings
+    tasks: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    @abstractmethod
+    def build(self, spec: ModelSpec) -> nn.Module:
+        """A freshly initialized module (initialization uses the global torch RNG)."""
+
+    def context_length(self) -> int | None:
+        """The longest sequence the built module accepts (None: no limit); by default the
+        `block_size` setting when the model has one. Tasks size their windows by it."""
+        return getattr(self.settings, "block_size", None)
+
+
+class LanguageModel(nn.Module):
+    """Base of the modules the `lm` task trains and generates with.
+
+    `forward(idx)` maps token ids (B, T) to next-token logits (B, T, V). Generation calls
+    `generate_step(idx, state)` with the new tokens (B, t) and the state the previous call
+    returned (None at the start: then `idx` is the whole prompt); it returns the logits of the
+    last position (B, V) and the new state (a KV cache, a recurrent state). `max_context` is the
+    longest sequence the model accepts, or None when it has no limit.
+    """
+
+    max_context: int | None = None
+
+    @abstractmethod
+    def generate_step(self, idx: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """Logits (B, V) after feeding `idx` (B, t) on top of `state`, and the new state."""
+
+    @abstractmethod
+    def flops_per_token(self) -> int:
+        """Forward FLOPs per token at full context (training costs about 3x this)."""
+
+    def num_parameters(self) -> int:
+        """Trainable parameters, each tied tensor counted once."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -1,0 +1,145 @@
+"""Built-in lstm model: embedding, stacked LSTM and lm head, carrying (h, c) through generation."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from lmforge import hookimpl, ops
+from lmforge.errors import LmforgeError
+from lmforge.model import LanguageModel, Model, ModelSpec
+from lmforge.settings import Settings as ComponentSettings
+
+# (h, c), each (n_layer, B, hidden_size): what `LstmModule.generate_step` carries between calls.
+LstmState = tuple[torch.Tensor, torch.Tensor]
+
+
+def resolve_lstm_backend(requested: str) -> str:
+    """The LSTM backend: always the reference (nn.LSTM) until a fused LSTM kernel is built.
+
+    `lmforge.ops.resolve_backend` validates the request, applies LMFORGE_KERNELS and fails for
+    `fused` when no kernels are built at all; when the extension is built (with fused attention
+    only) it answers `fused`, which `auto` turns into the reference here and `fused` refuses.
+    """
+    backend = ops.resolve_backend(requested)
+    if backend == "fused":
+        if os.environ.get("LMFORGE_KERNELS", requested) == "fused":
+            raise LmforgeError("lstm: kernels: fused was asked for, but lmforge._C has no fused "
+                               "LSTM kernel yet; use kernels: auto or reference (nn.LSTM)")
+        warnings.warn("lmforge: no fused LSTM kernel is built; the lstm model uses the "
+                      "PyTorch reference (nn.LSTM)", stacklevel=2)
+    return "reference"
+
+
+class LstmModule(LanguageModel):
+    """Token embedding -> dropout -> n_layer stacked LSTM -> dropout -> lm head."""
+
+    max_context = None  # a recurrent model reads sequences of any length
+
+    def __init__(self, settings: Lstm.Settings, vocab_size: int, backend: str):
+        super().__init__()
+        s = settings
+        self.settings = settings
+        self.vocab_size = vocab_size
+        self.kernels_backend = backend
+        self.embedding = nn.Embedding(vocab_size, s.n_embd)
+        self.dropout = nn.Dropout(s.dropout)
+        # nn.LSTM applies its own dropout between layers only, hence the one above for the
+        # embedding and the output; it warns when asked for dropout with a single layer.
+        self.lstm = nn.LSTM(s.n_embd, s.hidden_size, num_layers=s.n_layer, batch_first=True,
+                            dropout=s.dropout if s.n_layer > 1 else 0.0)
+        self.head = nn.Linear(s.hidden_size, vocab_size)
+        # AWD-LSTM's init: small uniform embedding and head (nn.Embedding's N(0, 1) would make
+        # a tied head's first logits huge); nn.LSTM keeps its U(-1/sqrt(H), 1/sqrt(H)).
+        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        nn.init.zeros_(self.head.bias)
+        if s.tie_embeddings:
+            self.head.weight = self.embedding.weight  # (V, n_embd) serves both ways
+        else:
+            nn.init.uniform_(self.head.weight, -0.1, 0.1)
+
+    def _check_ids(self, idx: torch.Tensor, where: str) -> None:
+        if idx.dim() != 2 or idx.shape[1] == 0:
+            raise ValueError(f"lstm {where}: expected token ids of shape (batch, time) with "
+                             f"time >= 1, found shape {tuple(idx.shape)}")
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (B, T, V) of every position of `idx` (B, T)."""
+        self._check_ids(idx, "forward")
+        x = self.dropout(self.embedding(idx))  # (B, T, n_embd)
+        out, _ = self.lstm(x)  # (B, T, H), starting from zero (h, c)
+        return self.head(self.dropout(out))  # (B, T, V)
+
+    def generate_step(self, idx: torch.Tensor, state: LstmState | None
+                      ) -> tuple[torch.Tensor, LstmState]:
+        """Logits (B, V) after `idx` (B, t) from `state` (None: zero state), and the new (h, c)."""
+        self._check_ids(idx, "generate_step")
+        x = self.dropout(self.embedding(idx))  # (B, t, n_embd)
+        out, (h, c) = self.lstm(x, state)  # out (B, t, H); h, c (n_layer, B, H)
+        logits = self.head(self.dropout(out[:, -1, :]))  # (B, V): the last position only
+        return logits, (h, c)
+
+    def flops_per_token(self) -> int:
+        """Forward FLOPs per token: sum over layers of 2*4*H*(In + H), plus 2*H*V for the head.
+
+        Each layer computes four gates from its input (In = n_embd for the first layer,
+        hidden_size after) and its previous h: a (In + H) x 4H matmul, one multiply-add per
+        weight. The head is an H x V matmul, counted even when tied. Biases, gate
+        nonlinearities and the embedding lookup are left out. No context term: the cost per
+        token does not depend on the sequence length.
+        """
+        s = self.settings
+        H = s.hidden_size
+        layers = sum(2 * 4 * H * ((s.n_embd if i == 0 else H) + H) for i in range(s.n_layer))
+        return layers + 2 * H * self.vocab_size
+
+
+class Lstm(Model):
+    """A stacked LSTM language model (the classic recurrent baseline), for the `lm` task.
+
+    Token embedding, `n_layer` LSTM layers (`torch.nn.LSTM`, on oneDNN on CPU) and a linear
+    head, with dropout on the embedding, between layers and on the output. No context limit;
+    generation carries the recurrent state (h, c), so each new token costs the same.
+    `tie_embeddings` shares the embedding with the head and needs n_embd == hidden_size.
+    """
+
+    class Settings(ComponentSettings):
+        n_embd: int = Field(128, ge=1, le=65536, description="token embedding width")
+        hidden_size: int = Field(512, ge=1, le=65536, description="LSTM hidden and cell width")
+        n_layer: int = Field(2, ge=1, le=64, description="stacked LSTM layers")
+        dropout: float = Field(0.0, ge=0.0, lt=1.0,
+                               description="on the embedding, between layers and on the output")
+        tie_embeddings: bool = Field(False, description="the head reuses the embedding; needs "
+                                                        "n_embd == hidden_size")
+        kernels: Literal["auto", "fused", "reference"] = Field(
+            "auto", description="no fused LSTM kernel exists yet: auto runs nn.LSTM, fused "
+                                "is an error")
+
+        @model_validator(mode="after")
+        def _tied_widths_match(self):
+            # A projection from hidden_size to n_embd would allow tying at any width, but it
+            # adds a matrix and a bottleneck before the head; equal widths keep the model plain.
+            if self.tie_embeddings and self.n_embd != self.hidden_size:
+                raise ValueError(f"tie_embeddings needs n_embd == hidden_size, found n_embd="
+                                 f"{self.n_embd}, hidden_size={self.hidden_size}; make them "
+                                 f"equal or set tie_embeddings: false")
+            return self
+
+    tasks = ("lm",)
+
+    def build(self, spec: ModelSpec) -> LstmModule:
+        if spec.task not in self.tasks:
+            raise LmforgeError(f"lstm supports the tasks {', '.join(self.tasks)}; found task "
+                               f"{spec.task!r}")
+        backend = resolve_lstm_backend(self.settings.kernels)
+        return LstmModule(self.settings, spec.vocab_size, backend)
+
+
+@hookimpl
+def register_models(register):
+    register("lstm", Lstm)

@@ -1,0 +1,166 @@
+"""Tests of the gpt model: shapes, parameters, training, the KV cache and generation."""
+
+import math
+
+import pydantic
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmforge import ops
+from lmforge.errors import LmforgeError
+from lmforge.generate import generate
+from lmforge.model import ModelSpec
+from lmforge.plugins.gpt import Gpt, GptModule, KVCache
+
+VOCAB = 11
+TINY = dict(n_layer=2, n_head=2, n_embd=8, block_size=16, kernels="reference")
+
+
+def build(vocab=VOCAB, **overrides) -> GptModule:
+    return Gpt(Gpt.Settings(**{**TINY, **overrides})).build(ModelSpec("lm", vocab))
+
+
+@pytest.fixture(autouse=True)
+def _no_kernels_override(monkeypatch):
+    monkeypatch.delenv("LMFORGE_KERNELS", raising=False)
+    torch.manual_seed(0)
+
+
+def test_registered(registry):
+    entry = registry.get("model", "gpt")
+    assert entry.component is Gpt
+    model = entry.create({"n_layer": 1, "n_embd": 16, "kernels": "reference"})
+    assert isinstance(model.build(ModelSpec("lm", VOCAB)), GptModule)
+
+
+def test_forward_shape_and_context_limit():
+    model = build()
+    assert model.max_context == 16
+    assert model(torch.randint(0, VOCAB, (3, 16))).shape == (3, 16, VOCAB)
+    assert model(torch.randint(0, VOCAB, (2, 1))).shape == (2, 1, VOCAB)
+    with pytest.raises(ValueError, match="block_size=16.*17"):
+        model(torch.randint(0, VOCAB, (1, 17)))
+    with pytest.raises(ValueError, match=r"\(batch, time\)"):
+        model(torch.randint(0, VOCAB, (16,)))
+
+
+@pytest.mark.parametrize("bias, tie", [(True, True), (True, False), (False, True)])
+def test_parameter_count_by_hand(bias, tie):
+    L, C, T, V = 2, 8, 16, VOCAB
+    # qkv C*3C, attention projection C*C, MLP C*4C + 4C*C: 12C^2 weights per block
+    per_block = 12 * C * C + (13 * C if bias else 2 * C)  # biases 3C+C+4C+C, LayerNorms 4C or 2C
+    final_ln = 2 * C if bias else C
+    expected = V * C + T * C + L * per_block + final_ln + (0 if tie else V * C)
+    assert build(bias=bias, tie_embeddings=tie).num_parameters() == expected
+
+
+def test_tied_embeddings_share_storage():
+    tied = build()
+    assert tied.lm_head.weight is tied.transformer.wte.weight
+    assert tied.lm_head.weight.data_ptr() == tied.transformer.wte.weight.data_ptr()
+    untied = build(tie_embeddings=False)
+    assert untied.lm_head.weight.data_ptr() != untied.transformer.wte.weight.data_ptr()
+
+
+def test_residual_projections_get_a_smaller_init():
+    model = build(n_layer=8, n_embd=64, n_head=4)
+    proj = model.transformer.h[0].mlp.c_proj.weight.std().item()
+    fc = model.transformer.h[0].mlp.c_fc.weight.std().item()
+    assert proj == pytest.approx(0.02 / math.sqrt(16), rel=0.1)
+    assert fc == pytest.approx(0.02, rel=0.1)
+
+
+def test_flops_per_token_formula():
+    L, C, T, V = 2, 8, 16, VOCAB
+    non_embedding = L * (12 * C * C + 13 * C) + 2 * C
+    assert build().flops_per_token() == 2 * non_embedding + 2 * V * C + 2 * L * T * C
+
+
+def test_training_lowers_the_loss():
+    model = build(n_embd=16)
+    data = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8] * 2 + [1]])  # (1, 17): a repeated pattern
+    x, y = data[:, :-1], data[:, 1:]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(40):
+        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_kv_cache_matches_full_recompute():
+    model = build(dropout=0.1).eval()
+    seq = torch.randint(0, VOCAB, (2, 12))
+    full = model(seq)  # (2, 12, V)
+    logits, state = model.generate_step(seq[:, :5], None)
+    assert isinstance(state, KVCache) and state.pos == 5
+    assert len(state.layers) == 2 and state.layers[0][0].shape == (2, 2, 5, 4)
+    torch.testing.assert_close(logits, full[:, 4], atol=1e-5, rtol=1e-5)
+    # one token at a time, then several at once
+    for t in range(5, 9):
+        logits, state = model.generate_step(seq[:, t:t + 1], state)
+        torch.testing.assert_close(logits, full[:, t], atol=1e-5, rtol=1e-5)
+    logits, state = model.generate_step(seq[:, 9:12], state)
+    assert state.pos == 12
+    torch.testing.assert_close(logits, full[:, 11], atol=1e-5, rtol=1e-5)
+
+
+def test_greedy_generation_matches_recompute():
+    model = build().eval()
+    prompt = [3, 1, 4]
+    cached = list(generate(model, prompt, max_new_tokens=10, temperature=0))
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(10):
+            ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+    assert cached == ids[len(prompt):]
+
+
+def test_generate_step_refuses_to_pass_block_size():
+    model = build().eval()
+    _, state = model.generate_step(torch.randint(0, VOCAB, (1, 15)), None)
+    _, state = model.generate_step(torch.tensor([[1]]), state)
+    with pytest.raises(ValueError, match="16 cached \\+ 1 new"):
+        model.generate_step(torch.tensor([[1]]), state)
+
+
+def test_generation_past_block_size_crops():
+    model = build(block_size=8).eval()
+    prompt = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]  # already longer than the block
+    tokens = list(generate(model, prompt, max_new_tokens=20, temperature=0))
+    assert len(tokens) == 20 and all(0 <= t < VOCAB for t in tokens)
+    # The first token is predicted from the last block_size - 1 tokens of the prompt.
+    with torch.no_grad():
+        expected = int(model(torch.tensor([prompt[-7:]]))[0, -1].argmax())
+    assert tokens[0] == expected
+
+
+def test_kernels_backend_resolved_at_build():
+    assert build().kernels_backend == "reference"
+
+
+@pytest.mark.skipif(ops.fused_available(), reason="fused kernels are built here")
+def test_fused_kernels_fail_clearly():
+    with pytest.raises(LmforgeError, match="fused"):
+        build(kernels="fused")
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(n_embd=10, n_head=4), "divisible by n_head"),
+    (dict(n_layer=0), "greater than or equal to 1"),
+    (dict(dropout=1.0), "less than 1"),
+    (dict(kernels="fast"), "'auto', 'fused' or 'reference'"),
+    (dict(n_heads=4), "Extra inputs"),
+])
+def test_settings_validation(settings, message):
+    with pytest.raises(pydantic.ValidationError, match=message):
+        Gpt.Settings(**settings)
+
+
+def test_other_tasks_refused():
+    with pytest.raises(LmforgeError, match="classify"):
+        Gpt(Gpt.Settings(**TINY)).build(ModelSpec("classify", VOCAB, num_labels=2))
