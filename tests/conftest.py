@@ -1,6 +1,7 @@
 """Shared fixtures: tests never autoload third-party plugins unless the test is about that."""
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,9 @@ from lmforge.plugin_manager import reset_host
 os.environ["LMFORGE_LOAD_PLUGINS"] = ""
 os.environ.pop("LMFORGE_DISABLE_PLUGINS", None)
 os.environ.pop("LMFORGE_STRICT_PLUGINS", None)
+# the measured matmul peak is cached per machine; tests must not write the user's cache
+os.environ["LMFORGE_CACHE_DIR"] = tempfile.mkdtemp(prefix="lmforge-test-cache-")
+os.environ["LMFORGE_NO_PROGRESS"] = "1"
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -1,0 +1,182 @@
+"""Checkpoints `run_dir/checkpoints/step-N/`: weights, trainer state and meta, saved atomically."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from lmforge import __version__
+from lmforge.atomic import atomic_dir, atomic_write_text, is_complete
+from lmforge.errors import LmforgeError
+
+CHECKPOINTS = "checkpoints"
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "trainer.pt"
+META_FILE = "meta.json"
+MARKER = "COMPLETE"
+_STEP_NAME = re.compile(r"^step-(\d{8,})$")
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"step-{step:08d}"
+
+
+def save_checkpoint(run_dir: Path, step: int, model: nn.Module, state: dict[str, Any],
+                    meta: dict[str, Any]) -> Path:
+    """Write the checkpoint of `step` atomically (its COMPLETE marker last); return its folder.
+
+    `state` must hold only tensors and plain Python values: it is read back with
+    `torch.load(weights_only=True)`. `meta` gets `step`, `time` and `lmforge_version` added.
+    """
+    final = checkpoint_dir(run_dir, step)
+    meta = {**meta, "step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "lmforge_version": __version__}
+    with atomic_dir(final, MARKER) as tmp:
+        # save_model drops the duplicate names of tied weights, which safetensors refuses.
+        save_model(model, str(tmp / MODEL_FILE))
+        torch.save(state, tmp / STATE_FILE)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n",
+                                     encoding="utf-8")
+    return final
+
+
+def update_meta(folder: Path, changes: dict[str, Any]) -> None:
+    """Add `changes` to a checkpoint's meta.json atomically: the folder stays complete."""
+    meta = {**read_meta(folder), **changes}
+    atomic_write_text(Path(folder) / META_FILE, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def checkpoint_step(folder: Path) -> int | None:
+    """The step a checkpoint folder holds, from its name; None for other names."""
+    match = _STEP_NAME.match(folder.name)
+    return int(match.group(1)) if match else None
+
+
+def _step_folders(run_dir: Path) -> list[tuple[int, Path]]:
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [(checkpoint_step(p), p) for p in root.iterdir() if p.is_dir()]
+    return sorted((step, p) for step, p in found if step is not None)
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """The complete checkpoints of a run, oldest first; unfinished ones are ignored."""
+    return [p for _, p in _step_folders(run_dir) if is_complete(p, MARKER)]
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    complete = complete_checkpoints(run_dir)
+    return complete[-1] if complete else None
+
+
+def load_model_weights(folder: Path, model: nn.Module) -> None:
+    """Load a checkpoint's weights into `model` in place, on the device the model is on."""
+    path = Path(folder) / MODEL_FILE
+    if not path.is_file():
+        raise LmforgeError(f"checkpoint {folder}: expected weights in {path}, found no such file")
+    first = next(model.parameters(), None)
+    device = str(first.device) if first is not None else "cpu"
+    try:
+        load_model(model, str(path), strict=True, device=device)
+    except RuntimeError as exc:
+        raise LmforgeError(f"checkpoint {folder}: its weights do not fit this "
+                           f"{type(model).__name__} (was the model changed?): {exc}") from exc
+
+
+def load_trainer_state(folder: Path) -> dict[str, Any]:
+    """The trainer state saved with a checkpoint (tensors on the CPU)."""
+    path = Path(folder) / STATE_FILE
+    if not path.is_file():
+        raise LmforgeError(f"checkpoint {folder}: expected the trainer state in {path}, "
+                           f"found no such file")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / META_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise LmforgeError(f"checkpoint {folder}: expected a JSON object in {path}: {exc}") from exc
+
+
+def check_compatible(meta: dict[str, Any], config_hash: str, tokenizer_hash: str,
+                     folder: Path | str | None = None) -> None:
+    """Refuse to resume from a checkpoint written with another config or tokenizer."""
+    where = folder if folder is not None else f"step {meta.get('step')}"
+    for what, expected in (("config", config_hash), ("tokenizer", tokenizer_hash)):
+        saved = meta.get(f"{what}_hash")
+        if saved != expected:
+            raise LmforgeError(
+                f"cannot resume from checkpoint {where}: it was written with {what} hash "
+                f"{saved!r}, but the {what} now hashes to {expected!r}; the {what} changed since "
+                f"the checkpoint was written. Restore the {what} it was written with, or start "
+                f"a new run under another name")
+
+
+def prune_checkpoints(run_dir: Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest `keep_last` complete checkpoints, and older unfinished ones.
+
+    Call it once the newest checkpoint is complete; it never deletes the newest. Returns the
+    folders removed.
+    """
+    if keep_last < 2:
+        raise LmforgeError(f"keep_last: expected at least 2 (one checkpoint may be half-written "
+                           f"when a run dies), found {keep_last}")
+    folders = _step_folders(run_dir)
+    complete = [(step, p) for step, p in folders if is_complete(p, MARKER)]
+    if not complete:
+        return []
+    kept = {p for _, p in complete[-keep_last:]}
+    newest = complete[-1][0]
+    removed = [p for step, p in folders if p not in kept and step < newest]
+    for folder in removed:
+        # Marker first: a deletion cut short leaves an incomplete folder, never a broken one.
+        (folder / MARKER).unlink(missing_ok=True)
+        shutil.rmtree(folder)
+    for leftover in (Path(run_dir) / CHECKPOINTS).glob(".step-*.tmp-*"):
+        # Temporary folders of a process killed while saving.
+        shutil.rmtree(leftover, ignore_errors=True)
+    return removed
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch RNG states as tensors and plain values (loadable weights_only)."""
+    version, internal, gauss = random.getstate()
+    numpy_state = np.random.get_state(legacy=False)
+    state = {
+        "python": {"version": version, "internal": list(internal), "gauss": gauss},
+        "numpy": {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+                  "pos": int(numpy_state["state"]["pos"]),
+                  "has_gauss": int(numpy_state["has_gauss"]),
+                  "gauss": float(numpy_state["gauss"])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Set the RNGs back to a state `capture_rng_state` returned."""
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["internal"]), python["gauss"]))
+    numpy = state["numpy"]
+    np.random.set_state({"bit_generator": "MT19937",
+                         "state": {"key": numpy["key"].numpy().astype(np.uint32),
+                                   "pos": numpy["pos"]},
+                         "has_gauss": numpy["has_gauss"], "gauss": numpy["gauss"]})
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
