@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*) examples/lmforge-sqlite/pyp
 	touch $@
 
 demo: install
-	$(BIN)/lmforge data prepare examples/configs/demo.yaml
+	$(BIN)/lmforge run examples/configs/demo.yaml
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

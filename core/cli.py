@@ -134,6 +134,61 @@ def data_prepare(file: str, overrides: tuple[str, ...], force: bool, as_json: bo
     console.print(f"report: {prepared.folder / 'report.json'}")
 
 
+@cli.command("run")
+@click.argument("file", type=click.Path(dir_okay=False))
+@set_option
+@click.option("--resume", is_flag=True,
+              help="Continue from the latest complete checkpoint of this run.")
+def run_command(file: str, overrides: tuple[str, ...], resume: bool) -> None:
+    """Data -> tokenizer -> train -> eval -> samples; stages whose output is valid are skipped."""
+    from lmforge.pipeline import run
+
+    run(file, overrides, resume=resume, console=console)
+
+
+@cli.command("eval")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--split", type=click.Choice(["val", "test", "train"]), default="val",
+              show_default=True, help="The prepared split to score.")
+@click.option("--data", "data_file", type=click.Path(dir_okay=False),
+              help="Score a text file (.txt or .gz) instead of a split.")
+@click.option("--batch-size", type=int, default=16, show_default=True)
+def eval_command(run_dir: str, split: str, data_file: str | None, batch_size: int) -> None:
+    """Loss, perplexity and bits per byte of a trained run; written to RUN/eval.json."""
+    from lmforge.evaluate import evaluate_command
+
+    results = evaluate_command(run_dir, split=split, data_file=data_file, batch_size=batch_size)
+    click.echo(json.dumps(results, indent=2))
+
+
+@cli.command("generate")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--prompt", default="", help="Text to continue.")
+@click.option("--max-new-tokens", type=int, default=200, show_default=True)
+@click.option("--temperature", type=float, default=0.8, show_default=True,
+              help="0 is greedy decoding.")
+@click.option("--top-k", type=int, default=None, help="Sample among the k likeliest tokens.")
+@click.option("--top-p", type=float, default=None, help="Nucleus sampling threshold.")
+@click.option("--repetition-penalty", type=float, default=1.0, show_default=True)
+@click.option("--stop", "stop_strings", multiple=True, help="Stop at this text (repeatable).")
+@click.option("--seed", type=int, default=None, help="Seed for repeatable samples.")
+def generate_command(run_dir: str, prompt: str, max_new_tokens: int, temperature: float,
+                     top_k: int | None, top_p: float | None, repetition_penalty: float,
+                     stop_strings: tuple[str, ...], seed: int | None) -> None:
+    """Continue a prompt with a trained language model, streaming the text as it comes."""
+    from lmforge.generate import generate_text
+    from lmforge.pipeline import load_run
+
+    loaded = load_run(run_dir)
+    click.echo(prompt, nl=False)
+    for piece in generate_text(loaded.model, loaded.tokenizer, prompt,
+                               max_new_tokens=max_new_tokens, temperature=temperature,
+                               top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+                               seed=seed, stop_strings=list(stop_strings)):
+        click.echo(piece, nl=False)
+    click.echo()
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def doctor(as_json: bool) -> None:

@@ -26,7 +26,7 @@ COMPONENT_SECTIONS = {
     "serve": "server",
 }
 RUN_KEYS = ("name", "runs_dir", "seed")
-TOP_LEVEL_KEYS = (*RUN_KEYS, "data", *COMPONENT_SECTIONS)
+TOP_LEVEL_KEYS = (*RUN_KEYS, "data", *COMPONENT_SECTIONS, "sample")
 DATA_KEYS = ("source", "preprocess", "split")
 
 
@@ -37,6 +37,20 @@ class RunSettings(Settings):
                              description="the run's folder name; default: the config file's stem")
     runs_dir: str = Field("runs", description="where run folders are created")
     seed: int = 0
+
+
+class SampleSettings(Settings):
+    """Text generated at the end of `lmforge run`, to see what the model learned."""
+
+    prompts: list[str] = Field(default_factory=lambda: [""],
+                               description="one sample per prompt; an empty prompt starts "
+                                           "from the end-of-document token")
+    max_new_tokens: int = Field(200, ge=0)
+    temperature: float = Field(0.8, ge=0.0, description="0 is greedy decoding")
+    top_k: int | None = Field(40, ge=1)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(1.0, gt=0.0)
+    seed: int = 1
 
 
 @dataclass
@@ -75,6 +89,7 @@ class RunConfig:
     seed: int
     data: DataConfig | None
     components: dict[str, Component] = field(default_factory=dict)
+    sample: SampleSettings = field(default_factory=SampleSettings)
 
     @property
     def run_dir(self) -> Path:
@@ -86,6 +101,7 @@ class RunConfig:
         if self.data is not None:
             resolved["data"] = self.data.to_dict()
         resolved.update({key: c.to_dict() for key, c in self.components.items()})
+        resolved["sample"] = self.sample.model_dump(mode="json")
         return resolved
 
     def to_yaml(self) -> str:
@@ -289,12 +305,13 @@ def resolve(raw: dict[str, Any], registry: Registry, *, origin: str = "<config>"
     for section, kind in COMPONENT_SECTIONS.items():
         if section in raw:
             components[section] = resolver.component(kind, raw[section], (section,))
+    sample = resolver.settings(SampleSettings, raw.get("sample") or {}, ("sample",))
     if resolver.problems:
         count = len(resolver.problems)
         raise ConfigError(f"{count} problem{'s' if count > 1 else ''} in the config:\n  "
                           + "\n  ".join(resolver.problems))
     return RunConfig(name=run.name or default_name, runs_dir=Path(run.runs_dir), seed=run.seed,
-                     data=data, components=components)
+                     data=data, components=components, sample=sample)
 
 
 def load_config(path: str | Path, overrides: tuple[str, ...] | list[str] = (),

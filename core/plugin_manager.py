@@ -27,6 +27,11 @@ BUILTIN_PLUGINS = (
     "lmforge.plugins.python_docs",
     "lmforge.plugins.preprocess",
     "lmforge.plugins.dedup",
+    "lmforge.plugins.tokenizers",
+    "lmforge.plugins.gpt",
+    "lmforge.plugins.lstm",
+    "lmforge.plugins.lm_task",
+    "lmforge.plugins.trainer",
 )
 
 

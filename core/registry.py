@@ -52,7 +52,9 @@ class Entry:
         """Build the component from validated settings (or a dict to validate)."""
         if not isinstance(settings, Settings):
             settings = self.settings.model_validate(settings or {})
-        return self.component(settings)
+        instance = self.component(settings)
+        instance.registered_name = self.name  # e.g. what a saved tokenizer file records
+        return instance
 
 
 class Registry:

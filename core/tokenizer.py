@@ -99,9 +99,10 @@ def load_tokenizer(path: Path, registry: Registry | None = None) -> Tokenizer:
         raise LmforgeError(f"{path}: tokenizer file not found") from None
     except (OSError, ValueError) as exc:
         raise LmforgeError(f"{path}: not a readable tokenizer file: {exc}") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise LmforgeError(f"{path}: expected a tokenizer file of format {FORMAT!r}, found "
-                           f"{document.get('format') if isinstance(document, dict) else document!r}")
+    found = document.get("format") if isinstance(document, dict) else document
+    if found != FORMAT:
+        raise LmforgeError(f"{path}: expected a tokenizer file of format {FORMAT!r}, "
+                           f"found {found!r}")
     if registry is None:
         from lmforge.plugin_manager import get_host
 

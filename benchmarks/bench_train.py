@@ -1,0 +1,88 @@
+"""Training tokens/s: lmforge's trainer against a plain PyTorch loop of the same GPT, same run."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lmforge.model import ModelSpec
+from lmforge.plugin_manager import load_plugins
+from lmforge.plugins.lm_task import LanguageModeling
+from lmforge.trainer import TrainContext
+
+VOCAB = 2048
+BLOCK = 128
+BATCH = 16
+STEPS = 60
+ROUNDS = 3
+MODEL = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": BLOCK, "dropout": 0.0}
+
+
+class SyntheticLM(LanguageModeling):
+    """The lm task over a fixed random token array (no data stage, same batch code)."""
+
+    def __init__(self, tokens: np.ndarray):
+        super().__init__(LanguageModeling.Settings(block_size=BLOCK))
+        self.block_size = BLOCK
+        self.tokens = {"train": tokens, "val": tokens[: BLOCK * 64]}
+
+
+def build_model(registry, seed: int = 0):
+    torch.manual_seed(seed)
+    spec = ModelSpec(task="lm", vocab_size=VOCAB, pad_id=1)
+    return registry.get("model", "gpt").create(MODEL).build(spec)
+
+
+def plain_loop(registry, task: SyntheticLM) -> float:
+    """nanoGPT's loop: AdamW with decay on matrices only, a constant lr, gradient clipping."""
+    model = build_model(registry)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=1e-3, betas=(0.9, 0.99), foreach=True)
+    model.train()
+    start = time.perf_counter()
+    for step in range(STEPS):
+        batch = task.train_batch(step, BATCH, 0)
+        logits = model(batch["input"])
+        loss = F.cross_entropy(logits.reshape(-1, VOCAB), batch["target"].reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+    loss.item()
+    return STEPS * BATCH * BLOCK / (time.perf_counter() - start)
+
+
+def lmforge_trainer(registry, task: SyntheticLM, run_dir) -> float:
+    model = build_model(registry)
+    trainer = registry.get("trainer", "standard").create({
+        "batch_size": BATCH, "lr": 1e-3, "warmup_steps": 0, "schedule": "constant",
+        "max_steps": STEPS, "eval_every": STEPS * 10, "eval_batches": 1,
+        "checkpoint_every": None, "log_every": 10})
+    summary = trainer.fit(TrainContext(run_dir=run_dir, model=model, task=task, seed=0,
+                                       config_hash="bench", tokenizer_hash="bench",
+                                       model_info={"flops_per_token": model.flops_per_token()}))
+    return summary["tokens_per_s"]
+
+
+def test_trainer_overhead_against_plain_loop(tmp_path, monkeypatch):
+    monkeypatch.setenv("LMFORGE_NO_PROGRESS", "1")
+    registry = load_plugins({"LMFORGE_LOAD_PLUGINS": ""}).registry
+    tokens = np.random.default_rng(0).integers(0, VOCAB, size=200_000).astype(np.uint16)
+    task = SyntheticLM(tokens)
+    rates = {"plain": [], "lmforge": []}
+    for round_index in range(ROUNDS):  # interleaved, so machine noise hits both alike
+        rates["plain"].append(plain_loop(registry, task))
+        run_dir = tmp_path / f"round-{round_index}"
+        rates["lmforge"].append(lmforge_trainer(registry, task, run_dir))
+    plain, ours = statistics.median(rates["plain"]), statistics.median(rates["lmforge"])
+    print(f"\ngpt 4L/4H/128d T{BLOCK} B{BATCH}, {torch.get_num_threads()} threads: plain loop "
+          f"{plain:,.0f} tokens/s, lmforge trainer {ours:,.0f} tokens/s, ratio {ours / plain:.3f} "
+          f"(medians of {ROUNDS} interleaved rounds of {STEPS} steps)")
+    assert ours > 0 and plain > 0

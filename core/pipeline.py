@@ -1,0 +1,223 @@
+"""`lmforge run`: data -> tokenizer -> train -> eval -> samples, skipping stages still valid."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from lmforge.atomic import atomic_write_text
+from lmforge.checkpoint import complete_checkpoints, load_model_weights, read_meta
+from lmforge.config import Component, RunConfig, load_config
+from lmforge.errors import LmforgeError
+from lmforge.prepare import PreparedData, prepare_data
+from lmforge.registry import Registry
+from lmforge.task import Task, TaskData
+from lmforge.tokenizer import Tokenizer, file_hash, load_tokenizer
+
+# Settings that change how a run is watched or paced, not what it computes: a run may resume
+# with other values for these.
+RESUME_SAFE = {
+    ("name",), ("runs_dir",), ("sample",),
+    ("trainer", "max_time"), ("trainer", "checkpoint_every"), ("trainer", "keep_last"),
+    ("trainer", "log_every"), ("trainer", "threads"), ("trainer", "device"),
+}
+DEFAULT_SECTIONS = {"task": "lm", "trainer": "standard"}
+
+
+def config_hash(config: RunConfig) -> str:
+    """A hash of every setting that decides what training computes."""
+    resolved = config.to_dict()
+    for path in RESUME_SAFE:
+        node = resolved
+        for key in path[:-1]:
+            node = node.get(key, {})
+        node.pop(path[-1], None)
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def with_defaults(config: RunConfig, registry: Registry) -> RunConfig:
+    """Fill in the task and trainer a language-model run uses when the config names none."""
+    for section, name in DEFAULT_SECTIONS.items():
+        if section not in config.components:
+            entry = registry.get(section, name)
+            config.components[section] = Component(section, entry, entry.settings())
+    for section in ("tokenizer", "model"):
+        if section not in config.components:
+            names = ", ".join(registry.names(section)) or "none installed"
+            raise LmforgeError(f"the config names no {section}: add a '{section}:' section with "
+                               f"a type ({names})")
+    if config.data is None:
+        raise LmforgeError("the config has no 'data' section: name a data source under "
+                           "data.source")
+    return config
+
+
+@dataclass
+class LoadedRun:
+    """A run's parts, built and ready: what `eval` and `generate` work with."""
+
+    config: RunConfig
+    tokenizer: Tokenizer
+    task: Task
+    model: torch.nn.Module
+    checkpoint: Path | None
+
+
+def train_tokenizer(config: RunConfig, prepared: PreparedData, console: Console) -> Tokenizer:
+    """Train the tokenizer on the train split, or reuse the saved one if data and settings match."""
+    component = config.components["tokenizer"]
+    path = config.run_dir / "tokenizer.json"
+    key_path = config.run_dir / "tokenizer.key"
+    key = hashlib.sha256(json.dumps([prepared.report["cache"]["key"], component.to_dict()],
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    if path.exists() and key_path.exists() and key_path.read_text().strip() == key:
+        console.print(f"tokenizer: cached ({path})")
+        return load_tokenizer(path)
+    if complete_checkpoints(config.run_dir):
+        raise LmforgeError(f"{config.run_dir} has checkpoints trained with another tokenizer or "
+                           f"data; retraining the tokenizer would orphan them: use another run "
+                           f"name, or delete {config.run_dir / 'checkpoints'} to start over")
+    tokenizer = component.create()
+    tokenizer.train(record["text"] for record in prepared.records("train"))
+    tokenizer.save(path)
+    atomic_write_text(key_path, key + "\n")
+    console.print(f"tokenizer: trained {component.entry.name}, {tokenizer.vocab_size:,} tokens "
+                  f"-> {path}")
+    return tokenizer
+
+
+def build_parts(config: RunConfig, prepared: PreparedData, tokenizer: Tokenizer
+                ) -> tuple[Task, torch.nn.Module, Any]:
+    """Set up the task on the tokenized data and build the model it specifies."""
+    model_factory = config.components["model"].create()
+    task = config.components["task"].create()
+    task_name = config.components["task"].entry.name
+    if model_factory.tasks and task_name not in model_factory.tasks:
+        raise LmforgeError(f"model {config.components['model'].entry.name!r} does not support "
+                           f"task {task_name!r}; it supports {', '.join(model_factory.tasks)}")
+    tokenizer_path = config.run_dir / "tokenizer.json"
+    data = TaskData(prepared, tokenizer, file_hash(tokenizer_path), config.run_dir / "data")
+    task.setup(data, model_factory.context_length())
+    torch.manual_seed(config.seed)
+    model = model_factory.build(task.model_spec())
+    return task, model, data
+
+
+def run(config_path: str, overrides: tuple[str, ...] = (), *, resume: bool = False,
+        console: Console | None = None) -> dict[str, Any]:
+    """Run every stage of a config; return what each stage produced."""
+    from lmforge.plugin_manager import get_host
+    from lmforge.trainer import TrainContext
+
+    console = console or Console()
+    registry = get_host().registry
+    config = with_defaults(load_config(config_path, overrides, registry), registry)
+    run_dir = config.run_dir
+    digest = config_hash(config)
+    finished = _finished_checkpoint(run_dir, digest, resume)
+
+    prepared = prepare_data(config)
+    console.print(f"data: {'cached' if prepared.cached else 'prepared'} ({prepared.folder})")
+    tokenizer = train_tokenizer(config, prepared, console)
+    task, model, data = build_parts(config, prepared, tokenizer)
+    atomic_write_text(run_dir / "config.yaml", config.to_yaml())
+    info = {"model": config.components["model"].entry.name,
+            "parameters": model.num_parameters(), "flops_per_token": model.flops_per_token()}
+    console.print(f"model: {info['model']}, {info['parameters']:,} parameters, kernels "
+                  f"{getattr(model, 'kernels_backend', 'reference')}")
+
+    if finished is not None:
+        console.print(f"train: cached (this config finished training at {finished.name})")
+        load_model_weights(finished, model)
+        summary = read_meta(finished).get("summary", {})
+    else:
+        trainer = config.components["trainer"].create()
+        summary = trainer.fit(TrainContext(
+            run_dir=run_dir, model=model, task=task, seed=config.seed, config_hash=digest,
+            tokenizer_hash=data.tokenizer_hash, resume=resume, model_info=info,
+            kernels=getattr(model, "kernels_backend", "reference")))
+        if summary.get("interrupted"):
+            console.print("interrupted: the checkpoint is saved; --resume continues")
+            return {"train": summary}
+    results = {"train": summary, "eval": evaluate_run(config, task, model, console)}
+    results["samples"] = write_samples(config, model, tokenizer, console)
+    return results
+
+
+def _finished_checkpoint(run_dir: Path, digest: str, resume: bool) -> Path | None:
+    """The final checkpoint of a finished run of this same config, which makes training a no-op."""
+    checkpoints = complete_checkpoints(run_dir)
+    if not checkpoints or resume:
+        return None
+    meta = read_meta(checkpoints[-1])
+    if meta.get("config_hash") == digest and meta.get("final"):
+        return checkpoints[-1]
+    return None
+
+
+def evaluate_run(config: RunConfig, task: Task, model: torch.nn.Module,
+                 console: Console, splits: tuple[str, ...] = ("val", "test")) -> dict[str, Any]:
+    """Score the model on whole splits and write eval.json."""
+    batch_size = getattr(config.components["trainer"].settings, "batch_size", 16)
+    results = {}
+    for split in splits:
+        try:
+            results[split] = task.evaluate(model, split, batch_size)
+        except LmforgeError as exc:
+            console.print(f"eval {split}: skipped ({exc})")
+            continue
+        figures = results[split]
+        console.print(f"eval {split}: " + ", ".join(
+            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v:,}" for k, v in figures.items()))
+    atomic_write_text(config.run_dir / "eval.json", json.dumps(results, indent=2))
+    return results
+
+
+def write_samples(config: RunConfig, model: torch.nn.Module, tokenizer: Tokenizer,
+                  console: Console) -> list[str]:
+    from lmforge.generate import generate_text
+
+    sample = config.sample
+    texts = []
+    for prompt in sample.prompts:
+        pieces = generate_text(model, tokenizer, prompt, max_new_tokens=sample.max_new_tokens,
+                               temperature=sample.temperature, top_k=sample.top_k,
+                               top_p=sample.top_p, repetition_penalty=sample.repetition_penalty,
+                               seed=sample.seed)
+        text = prompt + "".join(pieces)
+        texts.append(text)
+        console.rule(f"sample (prompt {prompt!r})")
+        console.print(text, markup=False, highlight=False)
+    atomic_write_text(config.run_dir / "samples.txt", "\n\n---\n\n".join(texts) + "\n")
+    return texts
+
+
+def load_run(run_dir: Path) -> LoadedRun:
+    """Rebuild a trained run from its folder: config, tokenizer, task, model and weights."""
+    from lmforge.plugin_manager import get_host
+
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.yaml"
+    if not config_file.exists():
+        raise LmforgeError(f"{run_dir}: not a run folder (no config.yaml); give the folder "
+                           f"`lmforge run` wrote, e.g. runs/NAME")
+    registry = get_host().registry
+    config = with_defaults(load_config(config_file, registry=registry), registry)
+    # the folder may have moved since it was written: its own location wins
+    config.runs_dir, config.name = run_dir.parent, run_dir.name
+    checkpoints = complete_checkpoints(run_dir)
+    if not checkpoints:
+        raise LmforgeError(f"{run_dir}: no complete checkpoint to load; train it with "
+                           f"`lmforge run`")
+    prepared = prepare_data(config)
+    tokenizer = load_tokenizer(run_dir / "tokenizer.json", registry)
+    task, model, _ = build_parts(config, prepared, tokenizer)
+    load_model_weights(checkpoints[-1], model)
+    model.eval()
+    return LoadedRun(config, tokenizer, task, model, checkpoints[-1])

@@ -1,0 +1,145 @@
+"""`lmforge run` end to end on tiny configs: stages, caching, exact resume, eval and generate."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from rich.console import Console
+
+from lmforge.checkpoint import complete_checkpoints
+from lmforge.errors import LmforgeError
+from lmforge.pipeline import load_run, run
+from lmforge.plugins.lm_task import LanguageModeling
+
+MODELS = {
+    "gpt": {"type": "gpt", "n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16,
+            "dropout": 0.1},
+    "lstm": {"type": "lstm", "n_embd": 16, "hidden_size": 24, "n_layer": 2, "dropout": 0.1},
+}
+
+
+def write_config(tmp_path: Path, model: str = "gpt", **trainer) -> Path:
+    corpus = tmp_path / "corpus.txt"
+    if not corpus.exists():
+        lines = [f"line {i}: the {'quick' if i % 2 else 'lazy'} fox number {i % 7} jumps."
+                 for i in range(400)]
+        corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = {
+        "name": f"tiny-{model}", "runs_dir": str(tmp_path / "runs"), "seed": 3,
+        "data": {"source": {"type": "text", "paths": [str(corpus)], "unit": "line"},
+                 "split": {"val": 0.1, "test": 0.1, "leakage_check": False}},
+        "tokenizer": {"type": "char"},
+        "model": MODELS[model],
+        "task": {"type": "lm", "block_size": 16},
+        "trainer": {"type": "standard", "batch_size": 4, "lr": 3e-3, "warmup_steps": 2,
+                    "max_steps": 12, "eval_every": 6, "eval_batches": 2, "log_every": 1,
+                    "checkpoint_every": 4, **trainer},
+        "sample": {"prompts": ["line 1"], "max_new_tokens": 8, "seed": 1},
+    }
+    path = tmp_path / f"{model}.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def quiet() -> Console:
+    return Console(quiet=True)
+
+
+def step_losses(run_dir: Path) -> dict[int, float]:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {m["step"]: m["loss"] for m in lines if "loss" in m and "step" in m}
+
+
+@pytest.mark.parametrize("model", ["gpt", "lstm"])
+def test_run_writes_every_stage_and_then_reuses_them(tmp_path, model, monkeypatch):
+    monkeypatch.setenv("LMFORGE_NO_PROGRESS", "1")
+    config = write_config(tmp_path, model)
+    results = run(str(config), console=quiet())
+    run_dir = tmp_path / "runs" / f"tiny-{model}"
+    for name in ("config.yaml", "tokenizer.json", "metrics.jsonl", "eval.json", "samples.txt",
+                 "plots/loss.png"):
+        assert (run_dir / name).exists(), name
+    assert math.isfinite(results["eval"]["val"]["bits_per_byte"])
+    losses = step_losses(run_dir)
+    assert losses[12] < losses[1]
+    checkpoints = complete_checkpoints(run_dir)
+    assert len(checkpoints) >= 2 and checkpoints[-1].name.endswith("12")
+    again = run(str(config), console=quiet())
+    assert again["eval"] == results["eval"]
+    assert complete_checkpoints(run_dir) == checkpoints
+
+
+@pytest.mark.parametrize("model", ["gpt", "lstm"])
+def test_interrupted_run_resumes_exactly(tmp_path, model, monkeypatch):
+    monkeypatch.setenv("LMFORGE_NO_PROGRESS", "1")
+    full = tmp_path / "full"
+    part = tmp_path / "part"
+    full.mkdir(), part.mkdir()
+    run(str(write_config(full, model, grad_accum=2)), console=quiet())
+
+    original = LanguageModeling.train_batch
+    interrupt_at = 7 * 2 + 1  # step 7 (0-based), second micro-batch of its accumulation window
+
+    def interrupting(self, index, batch_size, seed):
+        if index == interrupt_at and not getattr(self, "_interrupted", False):
+            self._interrupted = True
+            signal.raise_signal(signal.SIGINT)
+        return original(self, index, batch_size, seed)
+
+    monkeypatch.setattr(LanguageModeling, "train_batch", interrupting)
+    config = write_config(part, model, grad_accum=2)
+    first = run(str(config), console=quiet())
+    assert first["train"].get("interrupted")
+    monkeypatch.setattr(LanguageModeling, "train_batch", original)
+    run(str(config), resume=True, console=quiet())
+
+    full_dir, part_dir = full / "runs" / f"tiny-{model}", part / "runs" / f"tiny-{model}"
+    assert step_losses(part_dir) == step_losses(full_dir)
+    a, b = load_run(full_dir).model.state_dict(), load_run(part_dir).model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_with_another_config_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("LMFORGE_NO_PROGRESS", "1")
+    config = write_config(tmp_path, max_steps=4)
+    run(str(config), console=quiet())
+    with pytest.raises(LmforgeError, match="config"):
+        run(str(config), ("trainer.lr=0.01",), resume=True, console=quiet())
+
+
+def test_rerun_with_changed_settings_does_not_overwrite_checkpoints(tmp_path, monkeypatch):
+    monkeypatch.setenv("LMFORGE_NO_PROGRESS", "1")
+    config = write_config(tmp_path, max_steps=4)
+    run(str(config), console=quiet())
+    with pytest.raises(LmforgeError, match="--resume"):
+        run(str(config), ("trainer.lr=0.01",), console=quiet())
+
+
+class UniformModel(torch.nn.Module):
+    """Predicts every token with equal probability."""
+
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, idx):
+        return torch.zeros(*idx.shape, self.vocab_size) + self.anchor
+
+
+def test_bits_per_byte_of_a_uniform_model_is_log2_of_the_vocabulary():
+    task = LanguageModeling(LanguageModeling.Settings(block_size=8))
+    task.block_size = 8
+    tokens = np.arange(100) % 50
+    figures = task.evaluate_tokens(UniformModel(64), tokens, n_bytes=99, batch_size=4)
+    assert figures["tokens"] == 99
+    assert figures["loss"] == pytest.approx(math.log(64))
+    assert figures["bits_per_byte"] == pytest.approx(6.0)
+    assert figures["perplexity"] == pytest.approx(64.0)
