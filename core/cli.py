@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 
 import click
 from rich.console import Console
@@ -214,8 +215,14 @@ def add_plugin_commands(host: PluginHost) -> None:
                               markup=False, soft_wrap=True)
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings as one line for people, without the source location meant for developers."""
+    return f"{message}\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: user errors print one clear message and exit 2."""
+    warnings.formatwarning = _one_line_warning
     try:
         host = get_host()
     except PluginError as exc:
