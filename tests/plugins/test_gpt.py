@@ -5,13 +5,14 @@ import math
 import pydantic
 import pytest
 import torch
-import torch.nn.functional as F
 
 from lmforge import ops
 from lmforge.errors import LmforgeError
 from lmforge.generate import generate
 from lmforge.model import ModelSpec
 from lmforge.plugins.gpt import Gpt, GptModule, KVCache
+
+from .lm_checks import fit_repeated_pattern
 
 VOCAB = 11
 TINY = dict(n_layer=2, n_head=2, n_embd=8, block_size=16, kernels="reference")
@@ -79,16 +80,7 @@ def test_flops_per_token_formula():
 
 def test_training_lowers_the_loss():
     model = build(n_embd=16)
-    data = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8] * 2 + [1]])  # (1, 17): a repeated pattern
-    x, y = data[:, :-1], data[:, 1:]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(40):
-        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = fit_repeated_pattern(model, lr=1e-2)
     assert losses[-1] < 0.5 * losses[0]
 
 
