@@ -41,7 +41,7 @@ def test_eval_batches_are_the_same_at_every_evaluation():
     task = task_over(TOKENS)
     first = [b["input"] for b in task.eval_batches("val", 2, limit=3)]
     second = [b["input"] for b in task.eval_batches("val", 2, limit=3)]
-    assert len(first) == 3 and all(torch.equal(a, b) for a, b in zip(first, second))
+    assert len(first) == 3 and all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
 
 
 def test_whole_split_windows_predict_every_token_after_the_first_once():
