@@ -226,7 +226,7 @@ class Gpt(Model):
         if spec.task not in self.tasks:
             raise LmforgeError(f"gpt supports the tasks {', '.join(self.tasks)}; found task "
                              f"{spec.task!r}")
-        backend = ops.resolve_backend(self.settings.kernels)
+        backend = ops.resolve_backend(self.settings.kernels, "attention")
         return GptModule(self.settings, spec.vocab_size, backend)
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import warnings
 from typing import Literal
 
 import torch
@@ -20,20 +18,8 @@ LstmState = tuple[torch.Tensor, torch.Tensor]
 
 
 def resolve_lstm_backend(requested: str) -> str:
-    """The LSTM backend: always the reference (nn.LSTM) until a fused LSTM kernel is built.
-
-    `lmforge.ops.resolve_backend` validates the request, applies LMFORGE_KERNELS and fails for
-    `fused` when no kernels are built at all; when the extension is built (with fused attention
-    only) it answers `fused`, which `auto` turns into the reference here and `fused` refuses.
-    """
-    backend = ops.resolve_backend(requested)
-    if backend == "fused":
-        if os.environ.get("LMFORGE_KERNELS", requested) == "fused":
-            raise LmforgeError("lstm: kernels: fused was asked for, but lmforge._C has no fused "
-                               "LSTM kernel yet; use kernels: auto or reference (nn.LSTM)")
-        warnings.warn("lmforge: no fused LSTM kernel is built; the lstm model uses the "
-                      "PyTorch reference (nn.LSTM)", stacklevel=2)
-    return "reference"
+    """The LSTM backend; `lmforge.ops.resolve_backend` explains the choice."""
+    return ops.resolve_backend(requested, "lstm")
 
 
 class LstmModule(LanguageModel):

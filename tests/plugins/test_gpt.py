@@ -135,7 +135,7 @@ def test_kernels_backend_resolved_at_build():
     assert build().kernels_backend == "reference"
 
 
-@pytest.mark.skipif(ops.fused_available(), reason="fused kernels are built here")
+@pytest.mark.skipif(ops.fused_available("attention"), reason="fused kernels are built here")
 def test_fused_kernels_fail_clearly():
     with pytest.raises(LmforgeError, match="fused"):
         build(kernels="fused")

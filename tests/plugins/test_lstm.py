@@ -99,7 +99,7 @@ def test_greedy_generation_matches_recompute():
     assert carried == ids[len(prompt):]
 
 
-@pytest.mark.filterwarnings("ignore:lmforge. fused kernels are not available")
+@pytest.mark.filterwarnings("ignore:lmforge. the fused lstm kernel")
 def test_kernels_auto_is_the_reference():
     assert build(kernels="auto").kernels_backend == "reference"
 
