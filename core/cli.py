@@ -180,7 +180,7 @@ def generate_command(run_dir: str, prompt: str, max_new_tokens: int, temperature
     from lmforge.generate import generate_text
     from lmforge.pipeline import load_run
 
-    loaded = load_run(run_dir)
+    loaded = load_run(run_dir, with_data=False)
     click.echo(prompt, nl=False)
     for piece in generate_text(loaded.model, loaded.tokenizer, prompt,
                                max_new_tokens=max_new_tokens, temperature=temperature,

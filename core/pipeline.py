@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from lmforge.atomic import atomic_write_text
 from lmforge.checkpoint import complete_checkpoints, load_model_weights, read_meta
 from lmforge.config import Component, RunConfig, load_config
 from lmforge.errors import LmforgeError
+from lmforge.model import ModelSpec
 from lmforge.prepare import PreparedData, prepare_data
 from lmforge.registry import Registry
 from lmforge.task import Task, TaskData
@@ -28,6 +30,7 @@ RESUME_SAFE = {
     ("trainer", "log_every"), ("trainer", "threads"), ("trainer", "device"),
 }
 DEFAULT_SECTIONS = {"task": "lm", "trainer": "standard"}
+SPEC_FILE = "model_spec.json"
 
 
 def config_hash(config: RunConfig) -> str:
@@ -64,7 +67,7 @@ class LoadedRun:
 
     config: RunConfig
     tokenizer: Tokenizer
-    task: Task
+    task: Task | None  # None when loaded without data
     model: torch.nn.Module
     checkpoint: Path | None
 
@@ -104,8 +107,11 @@ def build_parts(config: RunConfig, prepared: PreparedData, tokenizer: Tokenizer
     tokenizer_path = config.run_dir / "tokenizer.json"
     data = TaskData(prepared, tokenizer, file_hash(tokenizer_path), config.run_dir / "data")
     task.setup(data, model_factory.context_length())
+    spec = task.model_spec()
     torch.manual_seed(config.seed)
-    model = model_factory.build(task.model_spec())
+    model = model_factory.build(spec)
+    # what the model was built from, so inference rebuilds it without the training data
+    atomic_write_text(config.run_dir / SPEC_FILE, json.dumps(dataclasses.asdict(spec), indent=2))
     return task, model, data
 
 
@@ -198,8 +204,10 @@ def write_samples(config: RunConfig, model: torch.nn.Module, tokenizer: Tokenize
     return texts
 
 
-def load_run(run_dir: Path) -> LoadedRun:
-    """Rebuild a trained run from its folder: config, tokenizer, task, model and weights."""
+def load_run(run_dir: Path, *, with_data: bool = True) -> LoadedRun:
+    """Rebuild a trained run from its folder: config, tokenizer, model and weights, and, with
+    `with_data`, the task set up on its prepared data (what evaluation needs; generation does
+    not, so it works where the training data is gone)."""
     from lmforge.plugin_manager import get_host
 
     run_dir = Path(run_dir)
@@ -215,9 +223,12 @@ def load_run(run_dir: Path) -> LoadedRun:
     if not checkpoints:
         raise LmforgeError(f"{run_dir}: no complete checkpoint to load; train it with "
                            f"`lmforge run`")
-    prepared = prepare_data(config)
     tokenizer = load_tokenizer(run_dir / "tokenizer.json", registry)
-    task, model, _ = build_parts(config, prepared, tokenizer)
+    if with_data:
+        task, model, _ = build_parts(config, prepare_data(config), tokenizer)
+    else:
+        spec = ModelSpec(**json.loads((run_dir / SPEC_FILE).read_text(encoding="utf-8")))
+        task, model = None, config.components["model"].create().build(spec)
     load_model_weights(checkpoints[-1], model)
     model.eval()
     return LoadedRun(config, tokenizer, task, model, checkpoints[-1])

@@ -24,6 +24,7 @@ def test_run_then_eval_and_repeatable_generation(tmp_path):
     assert figures["checkpoint"] == "step-00000006" and figures["bits_per_byte"] > 0
     assert "test" in json.loads((run_dir / "eval.json").read_text())
 
+    (tmp_path / "corpus.txt").unlink()  # generation needs the run folder, not the data
     command = ("generate", str(run_dir), "--prompt", "line 1", "--max-new-tokens", "20",
                "--seed", "7", "--top-k", "5")
     first, second = run(*command, cwd=tmp_path), run(*command, cwd=tmp_path)
