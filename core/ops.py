@@ -30,6 +30,22 @@ def fused_available(op: str) -> bool:
     return hasattr(torch.ops.lmforge, op)
 
 
+OPS = ("attention", "lstm")
+
+
+def auto_backends() -> dict[str, str]:
+    """What `kernels: auto` uses for each op here, and why (for `lmforge doctor`)."""
+    summary = {}
+    for op in OPS:
+        if not fused_available(op):
+            summary[op] = "reference (fused kernel not built)"
+        elif op in PROMOTED:
+            summary[op] = "fused"
+        else:
+            summary[op] = "reference (fused kernel built, opt-in with kernels: fused)"
+    return summary
+
+
 def resolve_backend(requested: Backend, op: str) -> str:
     """The backend for `op` ("attention", "lstm"): LMFORGE_KERNELS overrides the setting.
 
@@ -69,7 +85,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     Tk - Tq + i. Returns (B, H, Tq, D).
     """
     if backend == "fused":
-        raise LmforgeError("the fused attention kernel is not built in this version")
+        if dropout_p > 0.0:
+            raise LmforgeError(f"the fused attention kernel has no dropout (dropout_p="
+                               f"{dropout_p}); set the attention dropout to 0 or use kernels: "
+                               f"reference")
+        from lmforge.attention_op import fused_attention
+        return fused_attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask)
     mask = None
     if key_padding_mask is not None:
         mask = ~key_padding_mask[:, None, None, :]

@@ -1,0 +1,83 @@
+"""Fused CPU attention: the PyTorch reference, fake and autograd registrations, Python entry."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+try:
+    from lmforge import _C  # noqa: F401  (loads the lmforge torch ops)
+except ImportError:
+    _C = None
+
+AVAILABLE = _C is not None and hasattr(torch.ops.lmforge, "attention")
+
+
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                        scale: float | None = None,
+                        key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention as matmul, mask, softmax, matmul, in the inputs' dtype (float64 works).
+
+    q: (B, H, Tq, D); k: (B, H, Tk, D); v: (B, H, Tk, Dv); key_padding_mask: (B, Tk) bool, True
+    where a key is padding. With `causal`, query i sees keys up to Tk - Tq + i. Rows with every
+    key masked give zeros. Returns (B, H, Tq, Dv).
+    """
+    tq, tk = q.shape[-2], k.shape[-2]
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = (q @ k.transpose(-2, -1)) * scale                       # (B, H, Tq, Tk)
+    allowed = torch.ones(tq, tk, dtype=torch.bool, device=q.device)
+    if causal:
+        allowed = allowed.tril(tk - tq)
+    allowed = allowed.expand(q.shape[0], 1, tq, tk)
+    if key_padding_mask is not None:
+        allowed = allowed & ~key_padding_mask[:, None, None, :]
+    probs = scores.masked_fill(~allowed, -math.inf).softmax(dim=-1)
+    probs = probs.masked_fill(~allowed.any(dim=-1, keepdim=True), 0.0)  # softmax of all -inf: NaN
+    return probs @ v
+
+
+def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
+                    scale: float | None = None,
+                    key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention through the fused `lmforge::attention` kernel (float32 or float64, CPU).
+
+    q: (B, H, Tq, D); k: (B, H, Tk, D); v: (B, H, Tk, Dv); key_padding_mask: (B, Tk) bool, True
+    where a key is padding; scale defaults to 1 / sqrt(D). With `causal`, query i sees keys up
+    to Tk - Tq + i (decoding against a KV cache). Returns (B, H, Tq, Dv), contiguous.
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    out, _ = torch.ops.lmforge.attention(q, k, v, causal, scale, key_padding_mask)
+    return out
+
+
+def _register() -> None:
+    @torch.library.register_fake("lmforge::attention")
+    def _(q, k, v, causal, scale, key_padding_mask):
+        b, h, tq, _ = q.shape
+        return q.new_empty(b, h, tq, v.shape[-1]), q.new_empty(b, h, tq)
+
+    @torch.library.register_fake("lmforge::attention_backward")
+    def _(grad_out, q, k, v, out, lse, causal, scale, key_padding_mask):
+        return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+    def setup_context(ctx, inputs, output):
+        q, k, v, causal, scale, key_padding_mask = inputs
+        out, lse = output
+        ctx.save_for_backward(q, k, v, out, lse, key_padding_mask)
+        ctx.causal, ctx.scale = causal, scale
+
+    def backward(ctx, grad_out, grad_lse):
+        # lse is saved for the backward and not meant to be differentiated: its gradient is
+        # dropped (the model only uses `out`).
+        q, k, v, out, lse, key_padding_mask = ctx.saved_tensors
+        dq, dk, dv = torch.ops.lmforge.attention_backward(grad_out, q, k, v, out, lse, ctx.causal,
+                                                          ctx.scale, key_padding_mask)
+        return dq, dk, dv, None, None, None
+
+    torch.library.register_autograd("lmforge::attention", backward, setup_context=setup_context)
+
+
+# Registered at import, before any call: registering after the op ran broke opcheck's AOT test.
+if AVAILABLE:
+    _register()
