@@ -8,7 +8,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from lmforge import hookimpl, ops
+from lmforge import hookimpl, lstm_op, ops
 from lmforge.errors import LmforgeError
 from lmforge.model import LanguageModel, Model, ModelSpec
 from lmforge.settings import Settings as ComponentSettings
@@ -58,7 +58,7 @@ class LstmModule(LanguageModel):
         """Next-token logits (B, T, V) of every position of `idx` (B, T)."""
         self._check_ids(idx, "forward")
         x = self.dropout(self.embedding(idx))  # (B, T, n_embd)
-        out, _ = self.lstm(x)  # (B, T, H), starting from zero (h, c)
+        out, _ = self._recurrent(x, None)  # (B, T, H), starting from zero (h, c)
         return self.head(self.dropout(out))  # (B, T, V)
 
     def generate_step(self, idx: torch.Tensor, state: LstmState | None
@@ -66,9 +66,25 @@ class LstmModule(LanguageModel):
         """Logits (B, V) after `idx` (B, t) from `state` (None: zero state), and the new (h, c)."""
         self._check_ids(idx, "generate_step")
         x = self.dropout(self.embedding(idx))  # (B, t, n_embd)
-        out, (h, c) = self.lstm(x, state)  # out (B, t, H); h, c (n_layer, B, H)
+        out, (h, c) = self._recurrent(x, state)  # out (B, t, H); h, c (n_layer, B, H)
         logits = self.head(self.dropout(out[:, -1, :]))  # (B, V): the last position only
         return logits, (h, c)
+
+    def _recurrent(self, x: torch.Tensor, state: LstmState | None
+                   ) -> tuple[torch.Tensor, LstmState]:
+        """self.lstm over x (B, t, n_embd) from `state`, through the fused op when chosen."""
+        if self.kernels_backend != "fused":
+            return self.lstm(x, state)
+        # The fused op reads nn.LSTM's own parameters, so state dicts stay nn.LSTM's.
+        lstm = self.lstm
+        layers = [tuple(getattr(lstm, f"{name}_l{k}")
+                        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+                  for k in range(lstm.num_layers)]
+        if x.shape[1] == 1:  # a generation step: the light one-step op per layer
+            h, state = lstm_op.fused_lstm_step(x[:, 0], state, layers, lstm.dropout,
+                                               self.training)
+            return h[:, None], state
+        return lstm_op.fused_lstm(x, state, layers, lstm.dropout, self.training)
 
     def flops_per_token(self) -> int:
         """Forward FLOPs per token: sum over layers of 2*4*H*(In + H), plus 2*H*V for the head.
@@ -88,8 +104,9 @@ class LstmModule(LanguageModel):
 class Lstm(Model):
     """A stacked LSTM language model (the classic recurrent baseline), for the `lm` task.
 
-    Token embedding, `n_layer` LSTM layers (`torch.nn.LSTM`, on oneDNN on CPU) and a linear
-    head, with dropout on the embedding, between layers and on the output. No context limit;
+    Token embedding, `n_layer` LSTM layers (`torch.nn.LSTM`, on oneDNN on CPU, or lmforge's
+    fused kernel over the same parameters with `kernels: fused`) and a linear head, with
+    dropout on the embedding, between layers and on the output. No context limit;
     generation carries the recurrent state (h, c), so each new token costs the same.
     `tie_embeddings` shares the embedding with the head and needs n_embd == hidden_size.
     """
@@ -103,8 +120,8 @@ class Lstm(Model):
         tie_embeddings: bool = Field(False, description="the head reuses the embedding; needs "
                                                         "n_embd == hidden_size")
         kernels: Literal["auto", "fused", "reference"] = Field(
-            "auto", description="no fused LSTM kernel exists yet: auto runs nn.LSTM, fused "
-                                "is an error")
+            "auto", description="fused: lmforge's CPU LSTM kernel (an error when not built); "
+                                "auto: nn.LSTM until the fused kernel is promoted")
 
         @model_validator(mode="after")
         def _tied_widths_match(self):

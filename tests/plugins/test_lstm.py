@@ -4,6 +4,7 @@ import pydantic
 import pytest
 import torch
 
+from lmforge import ops
 from lmforge.errors import LmforgeError
 from lmforge.generate import generate
 from lmforge.model import ModelSpec
@@ -104,12 +105,14 @@ def test_kernels_auto_is_the_reference():
     assert build(kernels="auto").kernels_backend == "reference"
 
 
-def test_fused_kernels_fail_clearly():
+def test_fused_kernels_fail_clearly_where_not_built(monkeypatch):
+    monkeypatch.setattr(ops, "fused_available", lambda op: False)
     with pytest.raises(LmforgeError, match="fused.*use kernels: auto"):
         build(kernels="fused")
 
 
-def test_fused_from_the_environment_fails_clearly(monkeypatch):
+def test_fused_from_the_environment_fails_clearly_where_not_built(monkeypatch):
+    monkeypatch.setattr(ops, "fused_available", lambda op: False)
     monkeypatch.setenv("LMFORGE_KERNELS", "fused")
     with pytest.raises(LmforgeError, match="fused"):
         build(kernels="auto")

@@ -1,0 +1,140 @@
+"""LSTM speed: the fused lmforge::lstm op against nn.LSTM (oneDNN) and a Python reference loop."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+from lmforge import lstm_op
+
+pytestmark = pytest.mark.skipif(not lstm_op.ops_built(),
+                                reason="lmforge._C is not built with the fused lstm op")
+
+ROUNDS = 3
+# (batch, time, input, hidden, layers), forward + backward.
+TRAINING = [(32, 64, 128, 256, 1), (64, 128, 256, 512, 2)]
+# Generation: batch 1, one step at a time, carrying (h, c).
+GENERATION = (1, 256, 128, 512, 2)
+NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+def layers_of(module: nn.LSTM) -> list[lstm_op.LstmWeights]:
+    return [tuple(getattr(module, f"{name}_l{k}") for name in NAMES)
+            for k in range(module.num_layers)]
+
+
+def lstm_flops(T: int, B: int, In: int, H: int, layers: int) -> int:
+    """Forward multiply-adds of the gate matmuls, 2 FLOPs each (gates and biases left out)."""
+    return sum(2 * 4 * H * ((In if k == 0 else H) + H) for k in range(layers)) * B * T
+
+
+def reference_stack(x, state, layers):
+    """The Python reference loop, layer by layer, from `state` ((L, B, H) each, or zeros)."""
+    H = layers[0][1].shape[1]
+    h0, c0 = state if state is not None else (x.new_zeros(len(layers), x.shape[0], H),) * 2
+    h_n, c_n = [], []
+    for k, weights in enumerate(layers):
+        x, (h, c) = lstm_op.reference_lstm(x, h0[k], c0[k], *weights)
+        h_n.append(h)
+        c_n.append(c)
+    return x, (torch.stack(h_n), torch.stack(c_n))
+
+
+def timed(variants: dict[str, Callable[[], object]]) -> dict[str, float]:
+    """Median seconds of each variant, rounds interleaved so machine noise hits all alike."""
+    for run in variants.values():  # warm-up: first-call allocations and thread pools
+        run()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(ROUNDS):
+        for name, run in variants.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def report(title: str, medians: dict[str, float], flops: float) -> None:
+    print(f"\n{title}, fp32, {torch.get_num_threads()} threads, medians of {ROUNDS} rounds:")
+    print(f"  {'variant':<10} {'ms':>9} {'GFLOP/s':>8} {'speed vs torch':>15}")
+    for name, seconds in medians.items():
+        print(f"  {name:<10} {seconds * 1e3:>9.2f} {flops / seconds / 1e9:>8.1f} "
+              f"{medians['torch'] / seconds:>14.2f}x")
+
+
+def assert_close_all(got, want, rtol):
+    for g, w in zip(got, want, strict=True):
+        assert ((g - w).norm() / w.norm()).item() <= rtol
+
+
+@pytest.mark.parametrize("B, T, In, H, L", TRAINING)
+def test_forward_backward(B, T, In, H, L):
+    torch.manual_seed(0)
+    module = nn.LSTM(In, H, num_layers=L, batch_first=True)
+    params = list(module.parameters())
+    x = torch.randn(B, T, In, requires_grad=True)
+    probe = torch.randn(B, T, H)
+
+    def step(forward):
+        def run():
+            out = forward()
+            grads = torch.autograd.grad(out, [x, *params], probe)
+            return out, grads
+        return run
+
+    variants = {
+        "reference": step(lambda: reference_stack(x, None, layers_of(module))[0]),
+        "torch": step(lambda: module(x)[0]),
+        "fused": step(lambda: lstm_op.fused_lstm(x, None, layers_of(module))[0]),
+    }
+    want_out, want_grads = variants["torch"]()
+    for name in ("reference", "fused"):
+        out, grads = variants[name]()
+        assert_close_all((out, *grads), (want_out, *want_grads), rtol=1e-4)
+    medians = timed(variants)
+    report(f"forward+backward (B{B}, T{T}, In{In}, H{H}) {L} layer(s)", medians,
+           3 * lstm_flops(T, B, In, H, L))
+    assert all(seconds > 0 for seconds in medians.values())
+
+
+@torch.no_grad()
+def test_generation_step_by_step():
+    B, steps, In, H, L = GENERATION
+    torch.manual_seed(0)
+    module = nn.LSTM(In, H, num_layers=L, batch_first=True)
+    layers = layers_of(module)
+    x = torch.randn(B, steps, In)
+
+    def reference():
+        state, outs = None, []
+        for t in range(steps):
+            out, state = reference_stack(x[:, t:t + 1], state, layers)
+            outs.append(out[:, 0])
+        return torch.stack(outs, 1)
+
+    def torch_lstm():
+        state, outs = None, []
+        for t in range(steps):
+            out, state = module(x[:, t:t + 1], state)
+            outs.append(out[:, 0])
+        return torch.stack(outs, 1)
+
+    def fused():
+        state, outs = None, []
+        for t in range(steps):
+            h, state = lstm_op.fused_lstm_step(x[:, t], state, layers)
+            outs.append(h)
+        return torch.stack(outs, 1)
+
+    variants = {"reference": reference, "torch": torch_lstm, "fused": fused}
+    want = module(x)[0]
+    for run in variants.values():
+        assert_close_all((run(),), (want,), rtol=1e-5)
+    medians = timed(variants)
+    report(f"generation, batch {B}, In{In}, H{H}, {L} layers, {steps} steps one at a time",
+           medians, lstm_flops(steps, B, In, H, L))
+    assert all(seconds > 0 for seconds in medians.values())
