@@ -36,7 +36,9 @@ def kernels_info() -> dict[str, Any]:
         from lmforge import _C
     except ImportError as exc:
         return {"built": False, "error": str(exc)}
-    return {"built": True, **_C.build_info()}
+    from lmforge.ops import auto_backends
+
+    return {"built": True, **_C.build_info(), "auto": auto_backends()}
 
 
 def onnxruntime_info() -> dict[str, Any]:

@@ -134,6 +134,8 @@ def doctor_view(console: Console, findings: dict[str, Any]) -> None:
          if ort["installed"] else "not installed"),
         ("plugins", f"{findings['plugins']} loaded"),
     ]
+    for op, backend in kernels.get("auto", {}).items():
+        rows.append((f"kernels: auto, {op}", backend))
     for failure in findings["failed_plugins"]:
         rows.append(("[red]failed plugin[/red]", failure))
     for what, found in rows:

@@ -136,7 +136,12 @@ def test_doctor_reports_torch_kernels_and_plugins():
     assert result.returncode == 0, result.stderr
     findings = json.loads(result.stdout)
     assert findings["torch"]["installed"] and findings["torch"]["threads"] >= 1
-    assert "built" in findings["kernels"]
+    kernels = findings["kernels"]
+    if kernels["built"]:
+        assert kernels["simd"] in ("avx2", "default") and set(kernels["auto"]) == {"attention",
+                                                                                   "lstm"}
+    else:
+        assert kernels["error"]
     assert findings["failed_plugins"] == []
 
 
