@@ -135,10 +135,19 @@ def test_kernels_backend_resolved_at_build():
     assert build().kernels_backend == "reference"
 
 
-@pytest.mark.skipif(ops.fused_available("attention"), reason="fused kernels are built here")
-def test_fused_kernels_fail_clearly():
-    with pytest.raises(LmforgeError, match="fused"):
+def test_fused_kernels_fail_clearly_where_not_built(monkeypatch):
+    monkeypatch.setattr(ops, "fused_available", lambda op: False)
+    with pytest.raises(LmforgeError, match="no fused attention kernel"):
         build(kernels="fused")
+
+
+@pytest.mark.skipif(not ops.fused_available("attention"), reason="fused attention not built")
+def test_fused_attention_matches_the_reference_model():
+    reference = build(dropout=0.0).eval()
+    fused = build(dropout=0.0, kernels="fused").eval()
+    fused.load_state_dict(reference.state_dict())
+    idx = torch.randint(0, VOCAB, (2, 12))
+    torch.testing.assert_close(fused(idx), reference(idx), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("settings, message", [
