@@ -16,16 +16,14 @@ from lmforge.pipeline import load_run
 def _file_tokens(path: Path, tokenizer) -> tuple[np.ndarray, int]:
     """Tokens of a text file (eos after it, as in training) and its UTF-8 byte count."""
     from lmforge.plugin_manager import get_host
+    from lmforge.token_cache import encode_documents
 
     source = get_host().registry.get("data_source", "text").create(
         {"paths": [str(path)], "unit": "file"})
-    ids: list[int] = []
-    n_bytes = 0
-    for record in source.records():
-        ids.extend(tokenizer.encode(record["text"]))
-        ids.append(tokenizer.eos_id)
-        n_bytes += len(record["text"].encode("utf-8"))
-    return np.asarray(ids, dtype=np.int64), n_bytes
+    chunks = list(encode_documents((r["text"] for r in source.records()), tokenizer))
+    if not chunks:
+        return np.zeros(0, dtype=np.int64), 0
+    return np.concatenate([ids for ids, _, _ in chunks]), sum(n for _, _, n in chunks)
 
 
 def evaluate_command(run_dir: str, *, split: str = "val", data_file: str | None = None,

@@ -94,14 +94,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     mask = None
     if key_padding_mask is not None:
         mask = ~key_padding_mask[:, None, None, :]
-    if causal and q.shape[-2] != k.shape[-2]:
-        tq, tk = q.shape[-2], k.shape[-2]
+    tq, tk = q.shape[-2], k.shape[-2]
+    # SDPA's is_causal assumes Tq == Tk and takes no other mask: build the causal mask instead
+    if causal and (mask is not None or tq != tk):
         allowed = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(tk - tq)
         mask = allowed if mask is None else mask & allowed
-        causal = False
-    if mask is not None and causal:
-        tq, tk = q.shape[-2], k.shape[-2]
-        mask = mask & torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril()
         causal = False
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
                                           is_causal=causal)

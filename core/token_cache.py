@@ -107,24 +107,35 @@ def _write_cache(folder: Path, prepared: Any, tokenizer: Tokenizer, tokenizer_ha
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
 
+def encode_documents(texts: Iterable[str], tokenizer: Tokenizer
+                     ) -> Iterator[tuple[np.ndarray, int, int]]:
+    """Token ids of the texts, eos after each, a chunk at a time (batch encoding).
+
+    Yields (int64 ids, documents in the chunk, UTF-8 bytes of their text).
+    """
+    eos = tokenizer.eos_id
+    texts = iter(texts)
+    while chunk := list(itertools.islice(texts, CHUNK_TEXTS)):
+        flat: list[int] = []
+        for ids in tokenizer.encode_batch(chunk):
+            flat.extend(ids)
+            flat.append(eos)
+        n_bytes = sum(len(t) if t.isascii() else len(t.encode("utf-8")) for t in chunk)
+        yield np.asarray(flat, dtype=np.int64), len(chunk), n_bytes
+
+
 def _encode_split(records: Iterable[dict], tokenizer: Tokenizer, dtype: np.dtype,
                   path: Path) -> dict[str, int]:
     """Append the split's documents to `path` chunk by chunk; return its counts."""
-    eos, vocab_size = tokenizer.eos_id, tokenizer.vocab_size
     tokens = documents = text_bytes = 0
-    texts_in = (record["text"] for record in records)
     with open(path, "wb") as handle:
-        while texts := list(itertools.islice(texts_in, CHUNK_TEXTS)):
-            flat: list[int] = []
-            for ids in tokenizer.encode_batch(texts):
-                flat.extend(ids)
-                flat.append(eos)
-            array = np.asarray(flat, dtype=np.int64)
-            _check_range(array, vocab_size, tokenizer, path, documents)
+        texts = (record["text"] for record in records)
+        for array, count, n_bytes in encode_documents(texts, tokenizer):
+            _check_range(array, tokenizer.vocab_size, tokenizer, path, documents)
             array.astype(dtype).tofile(handle)
             tokens += len(array)
-            documents += len(texts)
-            text_bytes += sum(len(t) if t.isascii() else len(t.encode("utf-8")) for t in texts)
+            documents += count
+            text_bytes += n_bytes
     return {"tokens": tokens, "documents": documents, "bytes": text_bytes}
 
 

@@ -50,7 +50,6 @@ class LanguageModeling(Task):
         self.block_size = block
         self.tokenizer = data.tokenizer
         cache = encode_splits(data.prepared, data.tokenizer, data.tokenizer_hash, data.cache_dir)
-        self.cache = cache
         self.tokens = cache.arrays
         self.split_bytes = cache.meta["bytes"]
         train_tokens = len(self.tokens["train"])

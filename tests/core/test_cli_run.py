@@ -24,6 +24,11 @@ def test_run_then_eval_and_repeatable_generation(tmp_path):
     assert figures["checkpoint"] == "step-00000006" and figures["bits_per_byte"] > 0
     assert "test" in json.loads((run_dir / "eval.json").read_text())
 
+    on_file = run("eval", str(run_dir), "--data", str(tmp_path / "corpus.txt"), cwd=tmp_path)
+    assert on_file.returncode == 0, on_file.stderr
+    file_figures = json.loads(on_file.stdout)[f"file:{tmp_path / 'corpus.txt'}"]
+    corpus_bytes = len((tmp_path / "corpus.txt").read_bytes().rstrip(b"\n"))
+    assert file_figures["bytes"] == corpus_bytes and file_figures["tokens"] == corpus_bytes
     (tmp_path / "corpus.txt").unlink()  # generation needs the run folder, not the data
     command = ("generate", str(run_dir), "--prompt", "line 1", "--max-new-tokens", "20",
                "--seed", "7", "--top-k", "5")
