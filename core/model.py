@@ -64,3 +64,21 @@ class LanguageModel(nn.Module):
     def num_parameters(self) -> int:
         """Trainable parameters, each tied tensor counted once."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+class SequenceClassifier(nn.Module):
+    """Base of the modules the `classify` task trains.
+
+    `forward(idx, pad_mask)` maps token ids (B, T) and a padding mask (B, T), True where a
+    position is padding, to class logits (B, num_labels). Padded positions must not change the
+    logits: a sequence gives the same logits whatever padding follows it in its batch. Every row
+    has at least one real token.
+    """
+
+    @abstractmethod
+    def flops_per_token(self) -> int:
+        """Forward FLOPs per real input token (training costs about 3x this)."""
+
+    def num_parameters(self) -> int:
+        """Trainable parameters, each tied tensor counted once."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
