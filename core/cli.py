@@ -152,14 +152,46 @@ def run_command(file: str, overrides: tuple[str, ...], resume: bool) -> None:
 @click.option("--split", type=click.Choice(["val", "test", "train"]), default="val",
               show_default=True, help="The prepared split to score.")
 @click.option("--data", "data_file", type=click.Path(dir_okay=False),
-              help="Score a text file (.txt or .gz) instead of a split.")
+              help="Score a file instead of a split: a text file for a language model; for a "
+                   "classifier a labelled .csv/.tsv/.jsonl (optionally .gz) read with the run's "
+                   "data-source settings.")
 @click.option("--batch-size", type=int, default=16, show_default=True)
-def eval_command(run_dir: str, split: str, data_file: str | None, batch_size: int) -> None:
-    """Loss, perplexity and bits per byte of a trained run; written to RUN/eval.json."""
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def eval_command(run_dir: str, split: str, data_file: str | None, batch_size: int,
+                 as_json: bool) -> None:
+    """Score a trained run (loss, perplexity and bits per byte; or accuracy, precision, recall
+    and F1), adding the figures to RUN/eval.json."""
     from lmforge.evaluate import evaluate_command
 
-    results = evaluate_command(run_dir, split=split, data_file=data_file, batch_size=batch_size)
-    click.echo(json.dumps(results, indent=2))
+    results = evaluate_command(run_dir, split=split, data_file=data_file, batch_size=batch_size,
+                               console=None if as_json else console)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+
+
+@cli.command("predict")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--text", "texts", multiple=True,
+              help="A text to classify (repeatable); without --text or --file, one text per "
+                   "line of standard input.")
+@click.option("--file", "data_file", type=click.Path(dir_okay=False),
+              help="Classify every record of a data file (read with the run's source settings).")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per text.")
+def predict_command(run_dir: str, texts: tuple[str, ...], data_file: str | None,
+                    batch_size: int, as_json: bool) -> None:
+    """The label of each text, with every label's probability, from a trained classifier."""
+    from lmforge.predict import predict_texts
+
+    predictions = predict_texts(run_dir, texts, data_file, batch_size,
+                                stdin=None if texts or data_file else sys.stdin)
+    if as_json:
+        for prediction in predictions:
+            click.echo(json.dumps(prediction))
+        return
+    from lmforge.render import predictions_table
+
+    console.print(predictions_table(predictions))
 
 
 @cli.command("generate")
@@ -178,9 +210,13 @@ def generate_command(run_dir: str, prompt: str, max_new_tokens: int, temperature
                      stop_strings: tuple[str, ...], seed: int | None) -> None:
     """Continue a prompt with a trained language model, streaming the text as it comes."""
     from lmforge.generate import generate_text
+    from lmforge.model import LanguageModel
     from lmforge.pipeline import load_run
 
     loaded = load_run(run_dir, with_data=False)
+    if not isinstance(loaded.model, LanguageModel):
+        raise LmforgeError(f"{run_dir} holds a {loaded.config.components['task'].entry.name} "
+                           f"model, which does not generate text; use `lmforge predict`")
     click.echo(prompt, nl=False)
     for piece in generate_text(loaded.model, loaded.tokenizer, prompt,
                                max_new_tokens=max_new_tokens, temperature=temperature,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any, Literal, TypedDict
+from typing import Any, ClassVar, Literal, TypedDict
 
 from pydantic import Field
 
@@ -58,9 +58,15 @@ class DataSource(ABC):
 
 
 class Preprocessor(ABC):
-    """Transforms or drops one record at a time; the pipeline counts records and characters."""
+    """Transforms or drops one record at a time; the pipeline counts records and characters.
+
+    A step that only rewrites text (normalizing, cleaning) sets `at_inference`: texts given to
+    a trained model (`lmforge predict`, `eval --data`) go through it too, so the model sees text
+    as it saw it in training. Steps that select records (filters, dedup) do not.
+    """
 
     Settings = NoSettings
+    at_inference: ClassVar[bool] = False
 
     def __init__(self, settings: Settings):
         self.settings = settings

@@ -29,16 +29,18 @@ def cpu_features() -> list[str]:
 
 
 def kernels_info() -> dict[str, Any]:
-    """Whether the lmforge._C extension is built, and what it was built with."""
+    """Whether a kernels module for this CPU is built, which, and what it was built with."""
     try:
-        import torch  # noqa: F401  (loads libtorch, which the extension links against)
-
-        from lmforge import _C
-    except ImportError as exc:
+        from lmforge import kernels
+    except ImportError as exc:  # torch itself is missing
         return {"built": False, "error": str(exc)}
+    module = kernels.load()
+    if module is None:
+        return {"built": False, "error": "no kernels module for this CPU is built"}
     from lmforge.ops import auto_backends
 
-    return {"built": True, **_C.build_info(), "auto": auto_backends()}
+    return {"built": True, "module": module.__name__, **module.build_info(),
+            "auto": auto_backends()}
 
 
 def onnxruntime_info() -> dict[str, Any]:

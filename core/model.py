@@ -20,6 +20,7 @@ class ModelSpec:
     vocab_size: int
     pad_id: int | None = None
     num_labels: int | None = None  # classification tasks
+    labels: tuple[str, ...] | None = None  # their names, in the order of the model's outputs
 
 
 class Model(ABC):

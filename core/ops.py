@@ -22,12 +22,10 @@ _warned: set[str] = set()
 
 
 def fused_available(op: str) -> bool:
-    """Whether the lmforge._C extension is importable and registers the fused `op`."""
-    try:
-        from lmforge import _C  # noqa: F401
-    except ImportError:
-        return False
-    return hasattr(torch.ops.lmforge, op)
+    """Whether a kernels module for this CPU is built and registers the fused `op`."""
+    from lmforge import kernels
+
+    return kernels.load() is not None and hasattr(torch.ops.lmforge, op)
 
 
 OPS = ("attention", "lstm")
@@ -62,8 +60,8 @@ def resolve_backend(requested: Backend, op: str) -> str:
     available = fused_available(op)
     if requested == "fused":
         if not available:
-            raise LmforgeError(f"kernels: fused was asked for, but lmforge._C has no fused {op} "
-                               f"kernel here (see `lmforge doctor`); use kernels: auto")
+            raise LmforgeError(f"kernels: fused was asked for, but no fused {op} kernel is built "
+                               f"for this machine (see `lmforge doctor`); use kernels: auto")
         return "fused"
     if available and op in PROMOTED:
         return "fused"

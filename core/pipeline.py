@@ -16,7 +16,7 @@ from lmforge.atomic import atomic_write_text
 from lmforge.checkpoint import complete_checkpoints, load_model_weights, read_meta
 from lmforge.config import Component, RunConfig, load_config
 from lmforge.errors import LmforgeError
-from lmforge.model import ModelSpec
+from lmforge.model import LanguageModel, ModelSpec
 from lmforge.prepare import PreparedData, prepare_data
 from lmforge.registry import Registry
 from lmforge.task import Task, TaskData
@@ -67,7 +67,7 @@ class LoadedRun:
 
     config: RunConfig
     tokenizer: Tokenizer
-    task: Task | None  # None when loaded without data
+    task: Task | None  # without data: set up for inference where the task supports it
     model: torch.nn.Module
     checkpoint: Path | None
 
@@ -152,7 +152,8 @@ def run(config_path: str, overrides: tuple[str, ...] = (), *, resume: bool = Fal
             console.print("interrupted: the checkpoint is saved; --resume continues")
             return {"train": summary}
     results = {"train": summary, "eval": evaluate_run(config, task, model, console)}
-    results["samples"] = write_samples(config, model, tokenizer, console)
+    if isinstance(model, LanguageModel):
+        results["samples"] = write_samples(config, model, tokenizer, console)
     return results
 
 
@@ -178,11 +179,24 @@ def evaluate_run(config: RunConfig, task: Task, model: torch.nn.Module,
         except LmforgeError as exc:
             console.print(f"eval {split}: skipped ({exc})")
             continue
-        figures = results[split]
-        console.print(f"eval {split}: " + ", ".join(
-            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v:,}" for k, v in figures.items()))
+        print_figures(console, split, results[split])
     atomic_write_text(config.run_dir / "eval.json", json.dumps(results, indent=2))
+    report(task, config.run_dir, results, console)
     return results
+
+
+def print_figures(console: Console, split: str, figures: dict[str, Any]) -> None:
+    """One line of a split's scalar figures (tables and matrices are the task's report)."""
+    console.print(f"eval {split}: " + ", ".join(
+        f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v:,}" for k, v in figures.items()
+        if isinstance(v, (int, float))))
+
+
+def report(task: Task, run_dir: Path, results: dict[str, Any], console: Console) -> None:
+    """The task's own report of evaluation results (tables, plots), when it has one."""
+    write_report = getattr(task, "write_report", None)
+    if write_report is not None:
+        write_report(run_dir, results, console)
 
 
 def write_samples(config: RunConfig, model: torch.nn.Module, tokenizer: Tokenizer,
@@ -228,7 +242,20 @@ def load_run(run_dir: Path, *, with_data: bool = True) -> LoadedRun:
         task, model, _ = build_parts(config, prepare_data(config), tokenizer)
     else:
         spec = ModelSpec(**json.loads((run_dir / SPEC_FILE).read_text(encoding="utf-8")))
-        task, model = None, config.components["model"].create().build(spec)
+        factory = config.components["model"].create()
+        model = factory.build(spec)
+        task = _inference_task(config, tokenizer, spec, factory.context_length())
     load_model_weights(checkpoints[-1], model)
     model.eval()
     return LoadedRun(config, tokenizer, task, model, checkpoints[-1])
+
+
+def _inference_task(config: RunConfig, tokenizer: Tokenizer, spec: ModelSpec,
+                    context_length: int | None) -> Task | None:
+    """The run's task set up for prediction without training data, if it can be."""
+    task = config.components["task"].create()
+    prepare_inference = getattr(task, "prepare_inference", None)
+    if prepare_inference is None:
+        return None
+    prepare_inference(tokenizer, spec.labels or (), context_length)
+    return task

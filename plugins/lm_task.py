@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ from lmforge.errors import LmforgeError
 from lmforge.model import ModelSpec
 from lmforge.settings import Settings as ComponentSettings
 from lmforge.task import Batch, Task, TaskData
+from lmforge.tokenizer import Tokenizer
 
 # Windows for the periodic validation estimate come from a generator of their own, fixed for the
 # whole run, so successive estimates are comparable and training randomness is untouched.
@@ -43,12 +44,8 @@ class LanguageModeling(Task):
     def setup(self, data: TaskData, context_length: int | None) -> None:
         from lmforge.token_cache import encode_splits
 
-        block = self.settings.block_size or context_length or 128
-        if context_length is not None and block > context_length:
-            raise LmforgeError(f"task.block_size={block} is longer than the model's context "
-                               f"length {context_length}")
-        self.block_size = block
-        self.tokenizer = data.tokenizer
+        self.prepare_inference(data.tokenizer, (), context_length)
+        block = self.block_size
         cache = encode_splits(data.prepared, data.tokenizer, data.tokenizer_hash, data.cache_dir)
         self.tokens = cache.arrays
         self.split_bytes = cache.meta["bytes"]
@@ -56,6 +53,16 @@ class LanguageModeling(Task):
         if train_tokens < block + 2:
             raise LmforgeError(f"the train split has {train_tokens} tokens, fewer than one "
                                f"window of block_size {block} + 1: add data or lower block_size")
+
+    def prepare_inference(self, tokenizer: Tokenizer, labels: Sequence[str],
+                          context_length: int | None) -> None:
+        """What scoring a text file needs without the training data: tokenizer, window size."""
+        block = self.settings.block_size or context_length or 128
+        if context_length is not None and block > context_length:
+            raise LmforgeError(f"task.block_size={block} is longer than the model's context "
+                               f"length {context_length}")
+        self.block_size = block
+        self.tokenizer = tokenizer
 
     def model_spec(self) -> ModelSpec:
         return ModelSpec(task="lm", vocab_size=self.tokenizer.vocab_size,

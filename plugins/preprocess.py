@@ -97,6 +97,8 @@ class Normalize(Preprocessor):
     optionally lowercased. A record left empty is dropped ("empty").
     """
 
+    at_inference = True
+
     class Settings(ComponentSettings):
         nfkc: bool = Field(True, description="apply Unicode NFKC normalization")
         remove_control_chars: bool = Field(
@@ -196,6 +198,8 @@ class Clean(Preprocessor):
     around them if any, become `replacement`. Whitespace is tidied where something was removed.
     A record left empty is dropped ("empty").
     """
+
+    at_inference = True
 
     class Settings(ComponentSettings):
         html: bool = Field(True, description="remove HTML tags, script/style contents and "
@@ -344,6 +348,8 @@ class Stopwords(Preprocessor):
     the list; `keep` takes words off it — for sentiment, keep negations such as "not", "no",
     "nor" and "don't", which the list contains. A record left empty is dropped ("empty").
     """
+
+    at_inference = True
 
     class Settings(ComponentSettings):
         extra: list[str] = Field([], description="words to remove besides the standard list")

@@ -18,13 +18,14 @@ def test_run_then_eval_and_repeatable_generation(tmp_path):
     run_dir = tmp_path / "runs" / "tiny-gpt"
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["trainer"]["max_steps"] == 6
 
-    scored = run("eval", str(run_dir), "--split", "test", cwd=tmp_path)
+    scored = run("eval", str(run_dir), "--split", "test", "--json", cwd=tmp_path)
     assert scored.returncode == 0, scored.stderr
     figures = json.loads(scored.stdout)["test"]
     assert figures["checkpoint"] == "step-00000006" and figures["bits_per_byte"] > 0
     assert "test" in json.loads((run_dir / "eval.json").read_text())
 
-    on_file = run("eval", str(run_dir), "--data", str(tmp_path / "corpus.txt"), cwd=tmp_path)
+    on_file = run("eval", str(run_dir), "--data", str(tmp_path / "corpus.txt"), "--json",
+                  cwd=tmp_path)
     assert on_file.returncode == 0, on_file.stderr
     file_figures = json.loads(on_file.stdout)[f"file:{tmp_path / 'corpus.txt'}"]
     corpus_bytes = len((tmp_path / "corpus.txt").read_bytes().rstrip(b"\n"))

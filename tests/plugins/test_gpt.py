@@ -137,7 +137,7 @@ def test_kernels_backend_resolved_at_build():
 
 def test_fused_kernels_fail_clearly_where_not_built(monkeypatch):
     monkeypatch.setattr(ops, "fused_available", lambda op: False)
-    with pytest.raises(LmforgeError, match="no fused attention kernel"):
+    with pytest.raises(LmforgeError, match="no fused attention kernel is built"):
         build(kernels="fused")
 
 

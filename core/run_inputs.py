@@ -1,0 +1,55 @@
+"""Texts given to a trained run from outside its prepared data, read and cleaned as in training."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from lmforge.config import RunConfig
+from lmforge.data import Record
+from lmforge.errors import LmforgeError
+
+SOURCE_BY_SUFFIX = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".txt": "text"}
+
+
+def read_file_records(config: RunConfig, path: Path) -> list[Record]:
+    """The records of `path`, read with the run's own data-source settings where they apply.
+
+    The source type follows the file name (.csv, .tsv, .jsonl, .txt, each optionally .gz) and
+    is the run's own for other names; settings the two types share (text and label columns,
+    label thresholds, ...) come from the run's config, so a held-out file in the training
+    format needs no options. The records go through the run's text-rewriting preprocessors.
+    """
+    from lmforge.plugin_manager import get_host
+
+    if not path.is_file():
+        raise LmforgeError(f"{path}: no such file")
+    if config.data is None:
+        raise LmforgeError(f"the run's config has no data section to read {path} with")
+    run_source = config.data.source
+    suffix = Path(path.name.removesuffix(".gz")).suffix.lower()
+    entry = get_host().registry.get("data_source", SOURCE_BY_SUFFIX.get(suffix,
+                                                                        run_source.entry.name))
+    fields = entry.settings.model_fields
+    inherited = {key: value for key, value in run_source.settings.model_dump().items()
+                 if key in fields and key != "paths"}
+    source = entry.create({**inherited, "paths": [str(path)]})
+    return preprocess_for_inference(config, source.records())
+
+
+def preprocess_for_inference(config: RunConfig, records: Iterable[Record]) -> list[Record]:
+    """Records through the run's preprocessors that rewrite text (`at_inference`); a text that
+    such a step would drop (e.g. left empty) is kept as it was, since every input needs an
+    answer."""
+    preprocess = config.data.preprocess if config.data is not None else []
+    steps = [c.create() for c in preprocess if getattr(c.entry.component, "at_inference", False)]
+    processed = []
+    for record in records:
+        for step in steps:
+            record = step.process(record) or record
+        processed.append(record)
+    return processed
+
+
+def texts_as_records(texts: Iterable[str]) -> list[Record]:
+    return [{"text": text, "source": f"<input {i + 1}>"} for i, text in enumerate(texts)]
