@@ -1,4 +1,5 @@
-"""Training tokens/s: lmforge's trainer against a plain PyTorch loop of the same GPT, same run."""
+"""Training tokens/s: lmforge's trainer against a plain PyTorch loop, and fused kernels against
+the PyTorch reference path end to end."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import statistics
 import time
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
+from lmforge import ops
 from lmforge.model import ModelSpec
 from lmforge.plugin_manager import load_plugins
 from lmforge.plugins.lm_task import LanguageModeling
@@ -20,6 +23,12 @@ BATCH = 16
 STEPS = 60
 ROUNDS = 3
 MODEL = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": BLOCK, "dropout": 0.0}
+# The shipped configs' models: demo.yaml's gpt and lstm-char.yaml's lstm (batch as configured).
+END_TO_END = {
+    "gpt": ({"type": "gpt", **MODEL}, BATCH, 40),
+    "lstm": ({"type": "lstm", "n_embd": 128, "hidden_size": 512, "n_layer": 2, "dropout": 0.0},
+             32, 12),
+}
 
 
 class SyntheticLM(LanguageModeling):
@@ -31,10 +40,11 @@ class SyntheticLM(LanguageModeling):
         self.tokens = {"train": tokens, "val": tokens[: BLOCK * 64]}
 
 
-def build_model(registry, seed: int = 0):
+def build_model(registry, seed: int = 0, settings: dict | None = None):
     torch.manual_seed(seed)
     spec = ModelSpec(task="lm", vocab_size=VOCAB, pad_id=1)
-    return registry.get("model", "gpt").create(MODEL).build(spec)
+    settings = dict(settings or {"type": "gpt", **MODEL})
+    return registry.get("model", settings.pop("type")).create(settings).build(spec)
 
 
 def plain_loop(registry, task: SyntheticLM, fused: bool) -> float:
@@ -60,11 +70,12 @@ def plain_loop(registry, task: SyntheticLM, fused: bool) -> float:
     return STEPS * BATCH * BLOCK / (time.perf_counter() - start)
 
 
-def lmforge_trainer(registry, task: SyntheticLM, run_dir) -> float:
-    model = build_model(registry)
+def lmforge_trainer(registry, task: SyntheticLM, run_dir, model_settings: dict | None = None,
+                    batch: int = BATCH, steps: int = STEPS) -> float:
+    model = build_model(registry, settings=model_settings)
     trainer = registry.get("trainer", "standard").create({
-        "batch_size": BATCH, "lr": 1e-3, "warmup_steps": 0, "schedule": "constant",
-        "max_steps": STEPS, "eval_every": STEPS * 10, "eval_batches": 1,
+        "batch_size": batch, "lr": 1e-3, "warmup_steps": 0, "schedule": "constant",
+        "max_steps": steps, "eval_every": steps * 10, "eval_batches": 1,
         "checkpoint_every": None, "log_every": 10})
     summary = trainer.fit(TrainContext(run_dir=run_dir, model=model, task=task, seed=0,
                                        config_hash="bench", tokenizer_hash="bench",
@@ -89,4 +100,29 @@ def test_trainer_overhead_against_plain_loop(tmp_path, monkeypatch):
           f"{ROUNDS} interleaved rounds of {STEPS} steps:")
     for name, rate in medians.items():
         print(f"  {name:<22} {rate:>9,.0f} tokens/s  {rate / baseline:.3f}x")
+    assert all(rate > 0 for rate in medians.values())
+
+
+@pytest.mark.parametrize("model", END_TO_END)
+def test_fused_kernels_end_to_end(tmp_path, monkeypatch, model):
+    """The shipped model trained by the lmforge trainer with `kernels: reference` and `fused`."""
+    op = "attention" if model == "gpt" else "lstm"
+    if not ops.fused_available(op):
+        pytest.skip(f"the fused {op} kernel is not built")
+    monkeypatch.setenv("LMFORGE_NO_PROGRESS", "1")
+    registry = load_plugins({"LMFORGE_LOAD_PLUGINS": ""}).registry
+    tokens = np.random.default_rng(0).integers(0, VOCAB, size=200_000).astype(np.uint16)
+    task = SyntheticLM(tokens)
+    settings, batch, steps = END_TO_END[model]
+    rates = {"reference": [], "fused": []}
+    for round_index in range(ROUNDS):
+        for backend in rates:
+            run_dir = tmp_path / f"{backend}-{round_index}"
+            rates[backend].append(lmforge_trainer(registry, task, run_dir,
+                                                  {**settings, "kernels": backend}, batch, steps))
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    print(f"\n{model} end to end, T{BLOCK} B{batch}, {torch.get_num_threads()} threads, medians "
+          f"of {ROUNDS} interleaved rounds of {steps} steps:")
+    for name, rate in medians.items():
+        print(f"  {name:<10} {rate:>9,.0f} tokens/s  {rate / medians['reference']:.3f}x")
     assert all(rate > 0 for rate in medians.values())
