@@ -20,6 +20,7 @@ from lmforge.atomic import atomic_dir, atomic_write_text, is_complete
 from lmforge.errors import LmforgeError
 
 CHECKPOINTS = "checkpoints"
+BEST = "best"
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "trainer.pt"
 META_FILE = "meta.json"
@@ -48,6 +49,23 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, state: dict[str,
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n",
                                      encoding="utf-8")
     return final
+
+
+def save_best_weights(run_dir: Path, step: int, model: nn.Module, val_loss: float) -> Path:
+    """Replace `run_dir/best/` atomically with the weights of `step` and its validation loss."""
+    folder = Path(run_dir) / BEST
+    meta = {"step": step, "val_loss": val_loss, "lmforge_version": __version__}
+    with atomic_dir(folder, MARKER) as tmp:
+        save_model(model, str(tmp / MODEL_FILE))
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n",
+                                     encoding="utf-8")
+    return folder
+
+
+def best_weights(run_dir: Path) -> Path | None:
+    """The complete `best/` folder of a run, if it has one."""
+    folder = Path(run_dir) / BEST
+    return folder if is_complete(folder, MARKER) else None
 
 
 def update_meta(folder: Path, changes: dict[str, Any]) -> None:

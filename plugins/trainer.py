@@ -19,6 +19,7 @@ from torch import nn
 
 from lmforge import hookimpl
 from lmforge.checkpoint import (
+    best_weights,
     capture_rng_state,
     check_compatible,
     checkpoint_dir,
@@ -30,6 +31,7 @@ from lmforge.checkpoint import (
     prune_checkpoints,
     read_meta,
     restore_rng_state,
+    save_best_weights,
     save_checkpoint,
     update_meta,
 )
@@ -60,8 +62,10 @@ class StandardTrainer(Trainer):
     An interrupted step rewinds torch's generators to the step's start (snapshotted each step);
     Python's and NumPy's are saved as they are, since batches never draw from them.
     Writes `metrics.jsonl` (a `run` line per session, then `train` and `eval` lines) and
-    `plots/loss.png` in the run directory. MFU is 3 x the model's forward FLOPs per token x
-    tokens/s over the machine's matmul peak measured by a short probe (lmforge.peak).
+    `plots/loss.png` in the run directory. With `restore_best`, each better validation loss
+    saves the weights to `best/`, and the final checkpoint holds those weights. MFU is 3 x the
+    model's forward FLOPs per token x tokens/s over the machine's matmul peak measured by a
+    short probe (lmforge.peak).
     """
 
     class Settings(ComponentSettings):
@@ -91,6 +95,9 @@ class StandardTrainer(Trainer):
         early_stopping_patience: int | None = Field(
             None, ge=1, description="stop after this many evaluations without a better "
                                     "validation loss; null: never")
+        restore_best: bool = Field(
+            False, description="end with the weights of the evaluation with the lowest "
+                               "validation loss (kept in best/ as training goes), not the last")
         checkpoint_every: int | None = Field(500, ge=1,
                                              description="steps between checkpoints; null: only "
                                                          "at the end and on Ctrl-C")
@@ -262,6 +269,7 @@ class _Fit:
         self.micro_index = 0  # the data position: micro-batches consumed so far
         self.tokens = 0
         self.best_val_loss: float | None = None
+        self.restored_step: int | None = None
         self.last_val_loss: float | None = None
         self.evals_without_improvement = 0
         self.last_eval_step: int | None = None
@@ -462,6 +470,8 @@ class _Fit:
         if final and self.last_eval_step != self.step:
             self._evaluate()
             current = False
+        if final and self._restore_best():
+            current = False
         summary = self._summary(reason)
         if not current:
             self._checkpoint(self._rng_at_step_start(), {"final": final, "summary": summary})
@@ -519,6 +529,8 @@ class _Fit:
         if improved:
             self.best_val_loss = val_loss
             self.evals_without_improvement = 0
+            if self.s.restore_best:
+                save_best_weights(self.run_dir, self.step, self.model, val_loss)
         else:
             self.evals_without_improvement += 1
         self.last_val_loss = val_loss
@@ -553,6 +565,21 @@ class _Fit:
 
     # -- the end -------------------------------------------------------------------------------
 
+    def _restore_best(self) -> bool:
+        """Load the best evaluation's weights when asked to and they are not the current ones."""
+        best = best_weights(self.run_dir) if self.s.restore_best else None
+        meta = read_meta(best) if best is not None else {}
+        # best/ must be this run's: a folder left by an earlier run in the directory is not
+        if not meta or meta["val_loss"] != self.best_val_loss or meta["step"] > self.step:
+            return False
+        step = self.restored_step = meta["step"]
+        if step == self.step:
+            return False
+        load_model_weights(best, self.model)
+        self.console.print(f"restored the weights of step {step} (best val loss "
+                           f"{self.best_val_loss:.4f})")
+        return True
+
     def _summary(self, reason: str) -> dict[str, Any]:
         seconds = self.clock.elapsed()
         tokens_per_s = self.tokens / seconds if seconds > 0 else 0.0
@@ -564,6 +591,7 @@ class _Fit:
             "best_val_loss": self.best_val_loss, "final_val_loss": self.last_val_loss,
             "mfu": self._mfu(tokens_per_s), "peak_flops": self.peak,
             "checkpoint": str(checkpoint_dir(self.run_dir, self.step)),
+            "weights_from_step": self.step if self.restored_step is None else self.restored_step,
         }
 
     def _print_summary(self, summary: dict[str, Any]) -> None:

@@ -196,6 +196,29 @@ def test_early_stopping_on_a_validation_loss_that_gets_worse(tmp_path):
     assert summary["stopped"] == "early_stopping" and summary["steps"] < 200
 
 
+def test_restore_best_ends_with_the_best_evaluation_weights(tmp_path):
+    summary, model = fit(tmp_path, task=WindowTask(random_val=True), max_steps=30, eval_every=3,
+                         restore_best=True)
+    evals = metrics(tmp_path, "eval")
+    best = min(evals, key=lambda e: e["val_loss"])
+    assert best["step"] < 30 and summary["weights_from_step"] == best["step"]
+    final = complete_checkpoints(tmp_path)[-1]
+    assert read_meta(final)["summary"]["weights_from_step"] == best["step"]
+    # the final weights score the best loss again
+    task = WindowTask(random_val=True)
+    model.eval()
+    with torch.no_grad():
+        losses = [task.loss(model, batch) for batch in task.eval_batches("val", 8, limit=2)]
+    val_loss = sum(loss.item() * n for loss, n in losses) / sum(n for _, n in losses)
+    assert val_loss == pytest.approx(best["val_loss"], rel=1e-5)
+    assert read_meta(tmp_path / "best")["step"] == best["step"]
+
+
+def test_without_restore_best_the_last_weights_stay(tmp_path):
+    summary, _ = fit(tmp_path, task=WindowTask(random_val=True), max_steps=12, eval_every=3)
+    assert summary["weights_from_step"] == 12 and not (tmp_path / "best").exists()
+
+
 class SlowEvalTask(WindowTask):
     def eval_batches(self, split, batch_size, limit=None):
         time.sleep(0.3)
