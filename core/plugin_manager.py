@@ -30,6 +30,7 @@ BUILTIN_PLUGINS = (
     "lmforge.plugins.tokenizers",
     "lmforge.plugins.gpt",
     "lmforge.plugins.lstm",
+    "lmforge.plugins.textcnn",
     "lmforge.plugins.lm_task",
     "lmforge.plugins.trainer",
 )
