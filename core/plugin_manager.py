@@ -31,6 +31,7 @@ BUILTIN_PLUGINS = (
     "lmforge.plugins.gpt",
     "lmforge.plugins.lstm",
     "lmforge.plugins.textcnn",
+    "lmforge.plugins.transformer",
     "lmforge.plugins.lm_task",
     "lmforge.plugins.trainer",
 )
