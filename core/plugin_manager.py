@@ -30,6 +30,8 @@ BUILTIN_PLUGINS = (
     "lmforge.plugins.tokenizers",
     "lmforge.plugins.gpt",
     "lmforge.plugins.lstm",
+    "lmforge.plugins.textcnn",
+    "lmforge.plugins.transformer",
     "lmforge.plugins.lm_task",
     "lmforge.plugins.classify_task",
     "lmforge.plugins.trainer",

@@ -1,4 +1,4 @@
-"""Built-in lstm model: embedding, stacked LSTM and lm head, carrying (h, c) through generation."""
+"""Built-in lstm model: a stacked LSTM as a language model (carrying (h, c)) or a classifier."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from torch import nn
 from lmforge import hookimpl, lstm_op, ops
 from lmforge.errors import LmforgeError
 from lmforge.model import LanguageModel, Model, ModelSpec
+from lmforge.plugins.classifier_parts import require_num_labels
+from lmforge.plugins.lstm_classifier import LstmClassifier
 from lmforge.settings import Settings as ComponentSettings
 
 # (h, c), each (n_layer, B, hidden_size): what `LstmModule.generate_step` carries between calls.
@@ -102,13 +104,16 @@ class LstmModule(LanguageModel):
 
 
 class Lstm(Model):
-    """A stacked LSTM language model (the classic recurrent baseline), for the `lm` task.
+    """A stacked LSTM (the classic recurrent baseline), for the `lm` and `classify` tasks.
 
     Token embedding, `n_layer` LSTM layers (`torch.nn.LSTM`, on oneDNN on CPU, or lmforge's
     fused kernel over the same parameters with `kernels: fused`) and a linear head, with
     dropout on the embedding, between layers and on the output. No context limit;
     generation carries the recurrent state (h, c), so each new token costs the same.
     `tie_embeddings` shares the embedding with the head and needs n_embd == hidden_size.
+    For `classify`, the LSTM reads each sequence's real tokens (both ways when
+    `bidirectional`), its states are pooled over them (`pooling`) and a linear layer gives the
+    class logits.
     """
 
     class Settings(ComponentSettings):
@@ -117,11 +122,17 @@ class Lstm(Model):
         n_layer: int = Field(2, ge=1, le=64, description="stacked LSTM layers")
         dropout: float = Field(0.0, ge=0.0, lt=1.0,
                                description="on the embedding, between layers and on the output")
-        tie_embeddings: bool = Field(False, description="the head reuses the embedding; needs "
-                                                        "n_embd == hidden_size")
+        tie_embeddings: bool = Field(False, description="lm only: the head reuses the embedding; "
+                                                        "needs n_embd == hidden_size")
         kernels: Literal["auto", "fused", "reference"] = Field(
             "auto", description="fused: lmforge's CPU LSTM kernel (an error when not built); "
                                 "auto: nn.LSTM until the fused kernel is promoted")
+        # Off by default because the lm task cannot use it; classifiers usually gain from it.
+        bidirectional: bool = Field(False, description="classify only: a second LSTM per layer "
+                                                       "reads each sequence backwards")
+        pooling: Literal["mean", "max", "last"] = Field(
+            "max", description="classify only: how the states of the real tokens become one "
+                               "vector (last: each direction's final state)")
 
         @model_validator(mode="after")
         def _tied_widths_match(self):
@@ -133,14 +144,23 @@ class Lstm(Model):
                                  f"equal or set tie_embeddings: false")
             return self
 
-    tasks = ("lm",)
+    tasks = ("lm", "classify")
 
-    def build(self, spec: ModelSpec) -> LstmModule:
+    def build(self, spec: ModelSpec) -> LstmModule | LstmClassifier:
+        s = self.settings
         if spec.task not in self.tasks:
             raise LmforgeError(f"lstm supports the tasks {', '.join(self.tasks)}; found task "
                                f"{spec.task!r}")
-        backend = resolve_lstm_backend(self.settings.kernels)
-        return LstmModule(self.settings, spec.vocab_size, backend)
+        if spec.task == "lm" and s.bidirectional:
+            raise LmforgeError("lstm: bidirectional: true would let the lm task read the tokens "
+                               "it predicts; set bidirectional: false")
+        if spec.task == "classify" and s.tie_embeddings:
+            raise LmforgeError("lstm: tie_embeddings applies to the lm task's head only; set "
+                               "tie_embeddings: false for classify")
+        backend = resolve_lstm_backend(s.kernels)
+        if spec.task == "classify":
+            return LstmClassifier(s, spec.vocab_size, require_num_labels(spec, "lstm"), backend)
+        return LstmModule(s, spec.vocab_size, backend)
 
 
 @hookimpl

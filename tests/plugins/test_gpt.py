@@ -1,4 +1,4 @@
-"""Tests of the gpt model: shapes, parameters, training, the KV cache and generation."""
+"""Tests of the gpt model: shapes, parameters, training, the KV cache, generation, classifying."""
 
 import math
 
@@ -10,8 +10,9 @@ from lmforge import ops
 from lmforge.errors import LmforgeError
 from lmforge.generate import generate
 from lmforge.model import ModelSpec
-from lmforge.plugins.gpt import Gpt, GptModule, KVCache
+from lmforge.plugins.gpt import Gpt, GptClassifier, GptModule, KVCache
 
+from . import classify_checks
 from .lm_checks import fit_repeated_pattern
 
 VOCAB = 11
@@ -163,5 +164,42 @@ def test_settings_validation(settings, message):
 
 
 def test_other_tasks_refused():
-    with pytest.raises(LmforgeError, match="classify"):
-        Gpt(Gpt.Settings(**TINY)).build(ModelSpec("classify", VOCAB, num_labels=2))
+    with pytest.raises(LmforgeError, match="lm, classify; found task 'seq2seq'"):
+        Gpt(Gpt.Settings(**TINY)).build(ModelSpec("seq2seq", VOCAB))
+    with pytest.raises(LmforgeError, match="num_labels >= 2"):
+        Gpt(Gpt.Settings(**TINY)).build(ModelSpec("classify", VOCAB))
+
+
+def build_classifier(**overrides) -> GptClassifier:
+    settings = Gpt.Settings(**{**TINY, "n_embd": 16, "block_size": 24, **overrides})
+    spec = ModelSpec("classify", classify_checks.VOCAB, pad_id=0, num_labels=2)
+    return Gpt(settings).build(spec)
+
+
+@pytest.mark.parametrize("kernels", ["reference", pytest.param("fused", marks=pytest.mark.skipif(
+    not ops.fused_available("attention"), reason="fused attention not built"))])
+def test_classifier_learns_a_marker_token(kernels):
+    assert classify_checks.held_out_accuracy(build_classifier(kernels=kernels), lr=3e-3) >= 0.9
+
+
+def test_classifier_ignores_padding():
+    classify_checks.assert_padding_invariant(build_classifier())
+
+
+def test_classifier_keeps_the_lm_state_dict_keys_of_its_decoder():
+    lm_keys = {k for k in build(n_embd=16, block_size=24).state_dict() if k != "lm_head.weight"}
+    classifier_keys = set(build_classifier().state_dict())
+    assert classifier_keys == lm_keys | {"head.weight", "head.bias"}
+
+
+def test_classifier_flops_per_token_leave_out_the_lm_head():
+    L, C, T = 2, 16, 24
+    non_embedding = L * (12 * C * C + 13 * C) + 2 * C
+    assert build_classifier().flops_per_token() == 2 * non_embedding + 2 * L * T * C
+    assert build_classifier(n_embd=32).flops_per_token() > build_classifier().flops_per_token()
+
+
+def test_classifier_longer_than_block_size_refused():
+    with pytest.raises(ValueError, match="block_size=24 tokens, found 25"):
+        build_classifier()(torch.ones(1, 25, dtype=torch.long),
+                           torch.zeros(1, 25, dtype=torch.bool))
