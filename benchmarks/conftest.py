@@ -13,3 +13,11 @@ def austen():
     if not path.exists():
         pytest.skip(f"{path} not found")
     return path
+
+
+@pytest.fixture
+def vader():
+    path = SHARED_DATA / "vader_movie_snippets.tsv.gz"
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    return path

@@ -16,9 +16,11 @@ def read_file_records(config: RunConfig, path: Path) -> list[Record]:
     """The records of `path`, read with the run's own data-source settings where they apply.
 
     The source type follows the file name (.csv, .tsv, .jsonl, .txt, each optionally .gz) and
-    is the run's own for other names; settings the two types share (text and label columns,
-    label thresholds, ...) come from the run's config, so a held-out file in the training
-    format needs no options. The records go through the run's text-rewriting preprocessors.
+    is the run's own for other names. Of the run's source settings, a file of the same type
+    takes them all; a file of another type takes those the run set away from their defaults and
+    its own type has (text and label columns, label thresholds, ...), not format defaults such
+    as the TSV delimiter. So a held-out file in the training format needs no options.
+    The records go through the run's text-rewriting preprocessors.
     """
     from lmforge.plugin_manager import get_host
 
@@ -30,11 +32,17 @@ def read_file_records(config: RunConfig, path: Path) -> list[Record]:
     suffix = Path(path.name.removesuffix(".gz")).suffix.lower()
     entry = get_host().registry.get("data_source", SOURCE_BY_SUFFIX.get(suffix,
                                                                         run_source.entry.name))
-    fields = entry.settings.model_fields
     inherited = {key: value for key, value in run_source.settings.model_dump().items()
-                 if key in fields and key != "paths"}
+                 if key != "paths" and key in entry.settings.model_fields
+                 and (entry is run_source.entry or _customized(run_source.entry, key, value))}
     source = entry.create({**inherited, "paths": [str(path)]})
     return preprocess_for_inference(config, source.records())
+
+
+def _customized(entry, key: str, value) -> bool:
+    """Whether a source setting differs from its default for that source type."""
+    field = entry.settings.model_fields[key]
+    return value != field.get_default(call_default_factory=True)
 
 
 def preprocess_for_inference(config: RunConfig, records: Iterable[Record]) -> list[Record]:

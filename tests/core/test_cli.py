@@ -30,11 +30,12 @@ COMMAND_PLUGIN = '''
 '''
 
 
-def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
+def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+        input: str | None = None):
     environ = {k: v for k, v in os.environ.items() if not k.startswith("LMFORGE_")}
     environ.update(env or {})
     return subprocess.run([str(LMFORGE), *args], capture_output=True, text=True, env=environ,
-                          cwd=cwd, timeout=120)
+                          cwd=cwd, timeout=120, input=input)
 
 
 @pytest.fixture
