@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -129,7 +130,10 @@ def _check_param(config_path: str, overrides: tuple[str, ...], param: Param) -> 
 
 
 class _StopRequests:
-    """Ctrl-C on the sweep: counted, and passed on to each trial once per press."""
+    """Ctrl-C (or SIGTERM) on the sweep: counted, and passed on to each trial as one SIGINT per
+    request, so the trials, in sessions of their own, checkpoint instead of being orphaned."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.count = 0
@@ -138,10 +142,16 @@ class _StopRequests:
     def _handle(self, signum, frame) -> None:
         self.count += 1
 
-    def install(self):
-        if threading.current_thread() is not threading.main_thread():
-            return None
-        return signal.signal(signal.SIGINT, self._handle)
+    @contextlib.contextmanager
+    def installed(self):
+        # handlers can only be installed from the main thread; elsewhere the caller's stay
+        previous = ({number: signal.signal(number, self._handle) for number in self.SIGNALS}
+                    if threading.current_thread() is threading.main_thread() else {})
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
 
 
 @dataclass
@@ -179,8 +189,7 @@ class Sweep:
         """Run until every trial has ended or Ctrl-C; True when stopped early."""
         to_resume = [t for t in self.state.trials if t["status"] == "running"]
         running: list[_Trial] = []
-        previous_handler = self.stop.install()
-        try:
+        with self.stop.installed():
             while True:
                 while not self.stop.count and len(running) < self.plan.jobs:
                     resume = bool(to_resume)
@@ -198,9 +207,6 @@ class Sweep:
                     if trial.process.poll() is not None:
                         self._end(trial)
                         running.remove(trial)
-        finally:
-            if previous_handler is not None:
-                signal.signal(signal.SIGINT, previous_handler)
         if self.stop.reason:
             raise LmforgeError(self.stop.reason)
         return self.stop.count > 0

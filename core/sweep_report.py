@@ -32,7 +32,7 @@ def trials_table(plan, trials: list[dict[str, Any]]) -> Table:
     table = Table(title=f"sweep {plan.name}: {plan.objective} ({plan.direction})")
     table.add_column("trial", justify="right")
     for param in plan.params:
-        table.add_column(param.key, justify="right")
+        table.add_column(param.key, justify="right", overflow="fold")
     table.add_column(plan.objective, justify="right")
     table.add_column("status")
     table.add_column("time", justify="right")

@@ -66,7 +66,8 @@ class TpeSearch:
 
     def _trial(self, number: int):
         if number not in self.trials:
-            # a trial that was running when the sweep stopped: reattach to the stored one
+            # a trial that was running when the sweep stopped: reattach to the stored one (Optuna
+            # offers no public way to get a Trial back from its number)
             frozen = self.study.get_trials(deepcopy=False)[number]
             self.trials[number] = self.optuna.trial.Trial(self.study, frozen._trial_id)
         return self.trials[number]

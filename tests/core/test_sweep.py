@@ -73,6 +73,14 @@ def test_grid_sweep_goes_on_after_a_failed_trial_and_writes_the_best_config(tmp_
     assert best.data.source.settings.paths == [str(tmp_path / "corpus.txt")]
 
     before = (folder / "sweep.json").read_text()
+    again = subprocess.run([sys.executable, "-m", "lmforge", "sweep", str(config), "--json",
+                            "--sampler", "grid", "--trials", "3",
+                            *(arg for p in params for arg in ("--param", p))],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["best"]["number"] == best_number
+    assert "started" not in again.stderr  # every trial had ended: none is run again
+    assert (folder / "sweep.json").read_text() == before
     with pytest.raises(LmforgeError, match="defined differently.*\n  params: saved"):
         sweep(config, params[0], sampler="grid", trials=3)
     assert (folder / "sweep.json").read_text() == before
