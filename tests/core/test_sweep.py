@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -47,18 +48,25 @@ def test_unknown_key_path_fails_before_any_trial(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_grid_sweep_goes_on_after_a_failed_trial_and_writes_the_best_config(tmp_path):
+def test_grid_sweep_goes_on_after_a_failed_trial_and_writes_the_best_config(tmp_path,
+                                                                           monkeypatch):
+    # two trials at once on "2 cores" get a thread each, whatever the environment says
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
     # one evaluation, at the end: each costs a loss plot, the bulk of a tiny trial's time
     config = write_config(tmp_path, max_steps=20, eval_every=20, checkpoint_every=20)
     missing = tmp_path / "missing.txt"
     params = ("trainer.lr=choice(0.01, 0.0003)",
               f"data.source.paths[0]=choice({tmp_path / 'corpus.txt'}, {missing})")
-    summary = sweep(config, *params, sampler="grid", trials=3)
+    summary = sweep(config, *params, sampler="grid", trials=3, jobs=2)
 
     folder = tmp_path / "runs" / "tiny-gpt"
     stored = {t["number"]: t for t in trials_in(folder)}
     assert [stored[n]["status"] for n in (1, 2, 3)] == ["finished", "failed", "finished"]
     assert [stored[n]["params"]["trainer.lr"] for n in (1, 2, 3)] == [0.01, 0.01, 0.0003]
+    threads = [json.loads((folder / f"trial-{n}" / "metrics.jsonl").read_text().splitlines()[0])
+               ["threads"] for n in (1, 3)]
+    assert threads == [1, 1]
     assert "missing.txt" in stored[2]["error"] and stored[2]["objective"] is None
     for number in (1, 3):
         figures = json.loads((folder / f"trial-{number}" / "eval.json").read_text())
