@@ -147,6 +147,40 @@ def run_command(file: str, overrides: tuple[str, ...], resume: bool) -> None:
     run(file, overrides, resume=resume, console=console)
 
 
+@cli.command("sweep")
+@click.argument("file", type=click.Path(dir_okay=False))
+@set_option
+@click.option("--param", "params", multiple=True, metavar="KEY.PATH=SPEC",
+              help="A setting to search: loguniform(a,b), uniform(a,b), int(a,b[,log]) or "
+                   "choice(x,y,...) (repeatable; adds to the config's sweep.params).")
+@click.option("--trials", type=click.IntRange(min=1), help="Trials to run [default: 10, or "
+                                                          "the whole grid].")
+@click.option("--sampler", type=click.Choice(["tpe", "random", "grid"]),
+              help="[default: tpe when optuna is installed, else random]")
+@click.option("--seed", type=click.IntRange(min=0), help="The sampler's seed [default: 0].")
+@click.option("--objective", metavar="SPLIT.METRIC",
+              help="What to optimize, read from each trial's eval.json [default: val.loss].")
+@click.option("--direction", type=click.Choice(["minimize", "maximize"]),
+              help="[default: inferred from the metric]")
+@click.option("--jobs", type=click.IntRange(min=1), help="Trials run at once [default: 1].")
+@click.option("--grid-points", type=click.IntRange(min=2),
+              help="Values per continuous range for the grid sampler.")
+@click.option("--prune/--no-prune", default=None,
+              help="tpe: stop trials doing worse than the median [default: prune].")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def sweep_command(file: str, overrides: tuple[str, ...], params: tuple[str, ...],
+                  as_json: bool, **choices) -> None:
+    """Search hyperparameters: each trial a run in runs/NAME/trial-N; rerun to continue."""
+    from lmforge.sweep import SweepOptions, run_sweep
+
+    options = SweepOptions(params=params, overrides=overrides, **choices)
+    summary = run_sweep(file, options, err_console if as_json else console)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    if summary["stopped"]:
+        sys.exit(130)
+
+
 @cli.command("eval")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--split", type=click.Choice(["val", "test", "train"]), default="val",

@@ -15,6 +15,7 @@ from lmforge.errors import ConfigError, RegistryError
 from lmforge.registry import Entry, Registry
 from lmforge.settings import Settings
 from lmforge.split import SplitSettings
+from lmforge.sweep_space import SweepSettings
 
 # Top-level sections that name one component, and the registry kind each looks up.
 COMPONENT_SECTIONS = {
@@ -26,7 +27,7 @@ COMPONENT_SECTIONS = {
     "serve": "server",
 }
 RUN_KEYS = ("name", "runs_dir", "seed")
-TOP_LEVEL_KEYS = (*RUN_KEYS, "data", *COMPONENT_SECTIONS, "sample")
+TOP_LEVEL_KEYS = (*RUN_KEYS, "data", *COMPONENT_SECTIONS, "sample", "sweep")
 DATA_KEYS = ("source", "preprocess", "split")
 
 
@@ -90,6 +91,7 @@ class RunConfig:
     data: DataConfig | None
     components: dict[str, Component] = field(default_factory=dict)
     sample: SampleSettings = field(default_factory=SampleSettings)
+    sweep: SweepSettings | None = None  # only `lmforge sweep` reads it
 
     @property
     def run_dir(self) -> Path:
@@ -102,6 +104,8 @@ class RunConfig:
             resolved["data"] = self.data.to_dict()
         resolved.update({key: c.to_dict() for key, c in self.components.items()})
         resolved["sample"] = self.sample.model_dump(mode="json")
+        if self.sweep is not None:
+            resolved["sweep"] = self.sweep.model_dump(mode="json")
         return resolved
 
     def to_yaml(self) -> str:
@@ -306,12 +310,14 @@ def resolve(raw: dict[str, Any], registry: Registry, *, origin: str = "<config>"
         if section in raw:
             components[section] = resolver.component(kind, raw[section], (section,))
     sample = resolver.settings(SampleSettings, raw.get("sample") or {}, ("sample",))
+    sweep = (resolver.settings(SweepSettings, raw["sweep"] or {}, ("sweep",))
+             if "sweep" in raw else None)
     if resolver.problems:
         count = len(resolver.problems)
         raise ConfigError(f"{count} problem{'s' if count > 1 else ''} in the config:\n  "
                           + "\n  ".join(resolver.problems))
     return RunConfig(name=run.name or default_name, runs_dir=Path(run.runs_dir), seed=run.seed,
-                     data=data, components=components, sample=sample)
+                     data=data, components=components, sample=sample, sweep=sweep)
 
 
 def load_config(path: str | Path, overrides: tuple[str, ...] | list[str] = (),

@@ -25,7 +25,7 @@ from lmforge.tokenizer import Tokenizer, file_hash, load_tokenizer
 # Settings that change how a run is watched or paced, not what it computes: a run may resume
 # with other values for these.
 RESUME_SAFE = {
-    ("name",), ("runs_dir",), ("sample",),
+    ("name",), ("runs_dir",), ("sample",), ("sweep",),
     ("trainer", "max_time"), ("trainer", "checkpoint_every"), ("trainer", "keep_last"),
     ("trainer", "log_every"), ("trainer", "threads"), ("trainer", "device"),
 }
