@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.console import Console
 
-from lmforge.config import load_config
+from lmforge.config import load_config, parse_key_path
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.sweep_space import (
     Param,
@@ -69,6 +69,7 @@ class SweepPlan:
     jobs: int
     settings: SweepSettings
     config_hash: str
+    baseline: dict[str, Any] | None = None  # the config's own values, trial 1's params
 
     @property
     def folder(self) -> Path:
@@ -80,7 +81,8 @@ class SweepPlan:
                 "params": {p.key: p.spec for p in self.params}, "sampler": self.sampler,
                 "seed": self.settings.seed, "objective": self.objective,
                 "direction": self.direction, "grid_points": self.settings.grid_points,
-                "prune": self.settings.prune if self.sampler == "tpe" else None}
+                "prune": self.settings.prune if self.sampler == "tpe" else None,
+                "baseline": self.baseline}
 
 
 def make_plan(config_path: str, options: SweepOptions) -> SweepPlan:
@@ -111,9 +113,28 @@ def make_plan(config_path: str, options: SweepOptions) -> SweepPlan:
     if sampler == "grid":
         trials = min(settings.trials or sys.maxsize,
                      grid_size(list(params.values()), settings.grid_points))
+    baseline = (_baseline(base.to_dict(), list(params.values()))
+                if settings.baseline_first and sampler != "grid" else None)
     return SweepPlan(config_path, tuple(options.overrides), base.name, base.runs_dir,
                      list(params.values()), sampler, settings.objective, direction, trials,
-                     settings.jobs, settings, config_hash(base))
+                     settings.jobs, settings, config_hash(base), baseline)
+
+
+def _baseline(resolved: dict[str, Any], params: list[Param]) -> dict[str, Any] | None:
+    """The config's own value of every searched setting, or None when one is unset or lies
+    outside its range (then no trial can stand for the config as it is)."""
+    values = {}
+    for param in params:
+        node: Any = resolved
+        for part in parse_key_path(param.key):
+            try:
+                node = node[part]
+            except (KeyError, IndexError, TypeError):
+                return None
+        if not param.contains(node):
+            return None
+        values[param.key] = node
+    return values
 
 
 def _check_param(config_path: str, overrides: tuple[str, ...], param: Param) -> None:
@@ -216,8 +237,11 @@ class Sweep:
         if number > self.plan.trials:
             return None
         optuna_trial = None
+        baseline = self.plan.baseline if number == 1 else None
         if self.tpe is not None:
-            optuna_trial, params = self.tpe.ask()
+            optuna_trial, params = self.tpe.ask(baseline)
+        elif baseline is not None:
+            params = dict(baseline)
         elif self.plan.sampler == "grid":
             params = grid_params(self.plan.params, self.plan.settings.grid_points, number)
         else:

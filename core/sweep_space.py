@@ -61,6 +61,16 @@ class Param:
             return float(math.exp(rng.uniform(math.log(self.low), math.log(self.high))))
         return float(rng.uniform(self.low, self.high))
 
+    def contains(self, value: Any) -> bool:
+        """Whether `value` is one this parameter can take."""
+        if self.kind == "choice":
+            return value in self.choices
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.kind == "int" and value != int(value):
+            return False
+        return self.low <= value <= self.high
+
     def grid(self, points: int | None) -> list[Any]:
         """The values the grid sampler tries for this parameter."""
         if self.kind == "choice":
@@ -165,6 +175,10 @@ class SweepSettings(Settings):
     prune_startup_trials: int = Field(5, ge=0, description="trials completed before pruning "
                                                            "starts")
     prune_warmup_steps: int = Field(0, ge=0, description="steps of each trial never pruned")
+    baseline_first: bool = Field(
+        True, description="trial 1 runs the config's own values of the searched settings "
+                          "(random and tpe samplers), so the best trial is never worse than the "
+                          "config as it stands")
 
 
 def grid_size(params: list[Param], points: int | None) -> int:

@@ -52,8 +52,10 @@ class TpeSearch:
             sampler=optuna.samplers.TPESampler(seed=sampler_seed), pruner=pruner)
         self.trials: dict[int, Any] = {}
 
-    def ask(self) -> tuple[int, dict[str, Any]]:
-        """A new Optuna trial: its number and the params it proposes."""
+    def ask(self, fixed: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+        """A new Optuna trial: its number and the params it proposes (`fixed`: these)."""
+        if fixed is not None:
+            self.study.enqueue_trial(fixed)
         trial = self.study.ask({p.key: _distribution(p) for p in self.params})
         self.trials[trial.number] = trial
         return trial.number, dict(trial.params)

@@ -160,3 +160,38 @@ def test_tpe_sweep_prunes_a_trial_whose_validation_loss_lags(tmp_path):
     assert states == {t["number"]: {"finished": "COMPLETE", "pruned": "PRUNED"}[t["status"]]
                       for t in stored}
     assert load_config(folder / "best.yaml").components["trainer"].settings.lr == 0.02
+
+
+def test_the_first_trial_is_the_config_as_it_stands(tmp_path):
+    from lmforge.sweep import make_plan
+
+    config = write_config(tmp_path, max_steps=4, eval_every=2)  # trainer.lr 3e-3
+    plan = make_plan(str(config), SweepOptions(params=("trainer.lr=loguniform(1e-4,1e-2)",
+                                                       "model.dropout=uniform(0,0.5)"),
+                                               sampler="random", trials=1))
+    assert plan.baseline == {"trainer.lr": 3e-3, "model.dropout": 0.1}
+    sweep(config, "trainer.lr=loguniform(1e-4,1e-2)", "model.dropout=uniform(0,0.5)",
+          sampler="random", trials=1)
+    assert trials_in(tmp_path / "runs" / "tiny-gpt")[0]["params"] == plan.baseline
+    # a config value outside the searched range cannot stand for the config: no baseline
+    outside = make_plan(str(config), SweepOptions(params=("trainer.lr=uniform(0.01,0.1)",),
+                                                  sampler="random"))
+    assert outside.baseline is None
+    off = make_plan(str(config), SweepOptions(params=("trainer.lr=loguniform(1e-4,1e-2)",),
+                                              overrides=("sweep.baseline_first=false",),
+                                              sampler="random"))
+    assert off.baseline is None
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("optuna") is None,
+                    reason="optuna is not installed (the tune extra)")
+def test_tpe_asks_the_baseline_first(tmp_path):
+    from lmforge.sweep_space import parse_param
+    from lmforge.sweep_tpe import TpeSearch
+
+    params = [parse_param("trainer.lr=loguniform(1e-4,1e-2)"), parse_param("model.n=int(1,4)")]
+    search = TpeSearch(tmp_path, params, seed=0, direction="minimize", prune=False,
+                       prune_startup_trials=0, prune_warmup_steps=0)
+    number, proposed = search.ask({"trainer.lr": 1e-3, "model.n": 2})
+    assert number == 0 and proposed == {"trainer.lr": 1e-3, "model.n": 2}
+    assert search.ask()[0] == 1
