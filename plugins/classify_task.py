@@ -52,7 +52,9 @@ class Classification(Task):
     `max_length` tokens and padded on the right to the longest text of their batch; batches
     carry `input` (B, T), `pad_mask` (B, T), True on padding, and `label` (B,). Training draws
     texts without replacement, epoch by epoch, in an order that is a function of (seed, epoch),
-    so a resumed run sees the batches an uninterrupted one would have.
+    so a resumed run sees the batches an uninterrupted one would have; `word_dropout` replaces
+    training tokens with `unk` (or `eos` for tokenizers without one) at random, drawn from the
+    same (seed, index).
     """
 
     class Settings(ComponentSettings):
@@ -62,6 +64,10 @@ class Classification(Task):
         labels: list[str] | None = Field(
             None, min_length=2, description="every label, in the order of the model's outputs; "
                                             "default: the train split's labels, sorted")
+        word_dropout: float = Field(
+            0.0, ge=0.0, lt=1.0, description="share of training tokens replaced by unk (word "
+                                             "dropout, Iyyer et al. 2015): a regularizer for "
+                                             "small data sets")
         class_weights: Literal["none", "balanced"] | dict[str, float] = Field(
             "none", description="loss weight per label: none, balanced (inverse to the label's "
                                 "share of the train split) or a weight for each label")
@@ -179,7 +185,13 @@ class Classification(Task):
             order = np.random.default_rng([seed, int(epoch)]).permutation(n)
             chosen = epochs == epoch
             picks[chosen] = order[offsets[chosen]]
-        return self.collate([train.ids[i] for i in picks], train.labels[picks])
+        batch = self.collate([train.ids[i] for i in picks], train.labels[picks])
+        if self.settings.word_dropout > 0:
+            draws = np.random.default_rng([seed, index, 1]).random(batch["input"].shape)
+            dropped = torch.from_numpy(draws < self.settings.word_dropout)
+            unknown = self.tokenizer.special_tokens.get("unk", self.tokenizer.eos_id)
+            batch["input"] = batch["input"].masked_fill(dropped & ~batch["pad_mask"], unknown)
+        return batch
 
     def eval_batches(self, split: str, batch_size: int, limit: int | None = None
                      ) -> Iterator[Batch]:

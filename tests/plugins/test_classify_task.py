@@ -177,3 +177,20 @@ def test_empty_split_cannot_be_evaluated(registry, tmp_path, splits):
     task = make_task(registry, tmp_path, splits)
     with pytest.raises(LmforgeError, match="the val split is empty"):
         task.evaluate(BagOfEmbeddings(task.tokenizer.vocab_size, 2), "val", 8)
+
+
+def test_word_dropout_replaces_real_tokens_only_and_repeats(registry, tmp_path, splits):
+    plain = make_task(registry, tmp_path, splits)
+    dropping = make_task(registry, tmp_path, splits, word_dropout=0.3)
+    unk = dropping.tokenizer.special_tokens["unk"]
+    clean, noisy = plain.train_batch(4, 64, seed=2), dropping.train_batch(4, 64, seed=2)
+    assert torch.equal(clean["pad_mask"], noisy["pad_mask"])
+    changed = clean["input"] != noisy["input"]
+    assert not (changed & clean["pad_mask"]).any()
+    assert (noisy["input"][changed] == unk).all()
+    real = int((~clean["pad_mask"]).sum())
+    assert 0.2 < int(changed.sum()) / real < 0.4
+    assert torch.equal(noisy["input"], dropping.train_batch(4, 64, seed=2)["input"])
+    # evaluation sees every word
+    assert torch.equal(next(dropping.eval_batches("val", 64))["input"],
+                       next(plain.eval_batches("val", 64))["input"])
