@@ -262,9 +262,9 @@ void forward_kernel(const Shapes& sh, const Rows& q, const Rows& k, const Rows& 
 // Keys split into chunks of this many, one task each; the chunks' partial results are merged by
 // their log-sum-exp, so a batch with fewer heads than cores still uses every core.
 constexpr int64_t kDecodeChunk = 256;
-// Multiply-adds below which one thread does a call: forking threads costs microseconds, more
-// than a small decode step takes on one core.
-constexpr int64_t kDecodeSerialWork = int64_t(1) << 18;
+// Multiply-adds each thread must get before a call forks threads (a fork costs about a
+// microsecond); above it the threads' own L2 caches double the bandwidth decoding is bound by.
+constexpr int64_t kDecodeThreadWork = int64_t(1) << 16;
 
 // One vector of the accumulation type from x (bf16 widens to float).
 template <typename T>
@@ -291,6 +291,38 @@ Acc<T> dot(const Acc<T>* q, const T* k, int64_t n) {
   return total;
 }
 
+// out[0..3] = the lane sums of four vectors.
+template <typename A>
+void sum4(const Vectorized<A>& a0, const Vectorized<A>& a1, const Vectorized<A>& a2,
+          const Vectorized<A>& a3, A* out) {
+  const auto add = [](Vectorized<A>& x, Vectorized<A>& y) { return x + y; };
+  out[0] = at::vec::vec_reduce_all<A>(add, a0);
+  out[1] = at::vec::vec_reduce_all<A>(add, a1);
+  out[2] = at::vec::vec_reduce_all<A>(add, a2);
+  out[3] = at::vec::vec_reduce_all<A>(add, a3);
+}
+
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+// Four float reductions share their shuffles (three horizontal adds in all instead of about
+// seven shuffles and adds each): at head size 64 a reduction per key cost as much as the dot.
+template <>
+void sum4<float>(const Vectorized<float>& a0, const Vectorized<float>& a1,
+                 const Vectorized<float>& a2, const Vectorized<float>& a3, float* out) {
+#if defined(CPU_CAPABILITY_AVX512)
+  const auto fold = [](__m512 x) {
+    return _mm256_add_ps(_mm512_castps512_ps256(x),
+                         _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));
+  };
+  const __m256 b0 = fold(a0), b1 = fold(a1), b2 = fold(a2), b3 = fold(a3);
+#else
+  const __m256 b0 = a0, b1 = a1, b2 = a2, b3 = a3;
+#endif
+  // Lane i of the upper and lower halves of h holds partial sums of vector i.
+  const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(b0, b1), _mm256_hadd_ps(b2, b3));
+  _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+}
+#endif
+
 // s_j = scale * q . k_j for n keys of d values, four keys at a time: each q vector loaded serves
 // four keys, and the four independent multiply-add chains overlap.
 template <typename T>
@@ -298,7 +330,6 @@ void score_keys(const Acc<T>* q, const T* k, int64_t k_st, int64_t n, int64_t d,
                 Acc<T>* s) {
   using A = Acc<T>;
   using Vec = Vectorized<A>;
-  const auto add = [](Vec& x, Vec& y) { return x + y; };
   int64_t j = 0;
   for (; j + 4 <= n; j += 4) {
     const T* k0 = k + j * k_st;
@@ -312,18 +343,14 @@ void score_keys(const Acc<T>* q, const T* k, int64_t k_st, int64_t n, int64_t d,
       a2 = at::vec::fmadd(qc, load_acc(k2 + c), a2);
       a3 = at::vec::fmadd(qc, load_acc(k3 + c), a3);
     }
-    A r0 = at::vec::vec_reduce_all<A>(add, a0), r1 = at::vec::vec_reduce_all<A>(add, a1);
-    A r2 = at::vec::vec_reduce_all<A>(add, a2), r3 = at::vec::vec_reduce_all<A>(add, a3);
+    sum4(a0, a1, a2, a3, s + j);
     for (; c < d; ++c) {
-      r0 += q[c] * static_cast<A>(k0[c]);
-      r1 += q[c] * static_cast<A>(k1[c]);
-      r2 += q[c] * static_cast<A>(k2[c]);
-      r3 += q[c] * static_cast<A>(k3[c]);
+      s[j] += q[c] * static_cast<A>(k0[c]);
+      s[j + 1] += q[c] * static_cast<A>(k1[c]);
+      s[j + 2] += q[c] * static_cast<A>(k2[c]);
+      s[j + 3] += q[c] * static_cast<A>(k3[c]);
     }
-    s[j] = scale * r0;
-    s[j + 1] = scale * r1;
-    s[j + 2] = scale * r2;
-    s[j + 3] = scale * r3;
+    for (int64_t r = 0; r < 4; ++r) s[j + r] *= scale;
   }
   for (; j < n; ++j) s[j] = scale * dot(q, k + j * k_st, d);
 }
@@ -383,12 +410,13 @@ void decode_chunk(const Acc<T>* q, const T* k, int64_t k_st, const T* v, int64_t
 
 // Merges one head's chunk partials into its output row and log-sum-exp.
 template <typename T>
-void merge_chunks(const Acc<T>* parts, int64_t chunks, int64_t dv, T* out, Acc<T>* lse) {
+void merge_chunks(const Acc<T>* parts, int64_t chunks, int64_t dv, Acc<T>* acc, T* out,
+                  Acc<T>* lse) {
   using A = Acc<T>;
   const int64_t stride = dv + 2;
   A max = -std::numeric_limits<A>::infinity();
   for (int64_t c = 0; c < chunks; ++c) max = std::max(max, parts[c * stride + dv]);
-  std::vector<A> acc(dv, A(0));
+  std::fill(acc, acc + dv, A(0));
   A sum = 0;
   if (max != -std::numeric_limits<A>::infinity()) {
     for (int64_t c = 0; c < chunks; ++c) {
@@ -412,7 +440,7 @@ void decode_kernel(const Shapes& sh, const Rows& q, const Rows& k, const Rows& v
   const int64_t heads = sh.b * sh.h;
   std::vector<A> parts(heads * chunks * (sh.dv + 2));
   const int64_t task_work = std::min(sh.tk, kDecodeChunk) * (sh.d + sh.dv);
-  const int64_t grain = std::max<int64_t>(1, kDecodeSerialWork / std::max<int64_t>(task_work, 1));
+  const int64_t grain = std::max<int64_t>(1, kDecodeThreadWork / std::max<int64_t>(task_work, 1));
   const T* qp = q.t.data_ptr<T>();
   const T* kp = k.t.data_ptr<T>();
   const T* vp = v.t.data_ptr<T>();
@@ -433,9 +461,10 @@ void decode_kernel(const Shapes& sh, const Rows& q, const Rows& k, const Rows& v
                       sh.d, sh.dv, scale, scores.data(), parts.data() + task * (sh.dv + 2));
     }
   });
+  std::vector<A> acc(sh.dv);
   for (int64_t bh = 0; bh < heads; ++bh) {
-    merge_chunks<T>(parts.data() + bh * chunks * (sh.dv + 2), chunks, sh.dv, out + bh * sh.dv,
-                    lse + bh);
+    merge_chunks<T>(parts.data() + bh * chunks * (sh.dv + 2), chunks, sh.dv, acc.data(),
+                    out + bh * sh.dv, lse + bh);
   }
 }
 
