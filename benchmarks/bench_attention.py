@@ -85,8 +85,9 @@ def measure(shape):
     repeats = 5 if backward else 100
     for _ in range(ROUNDS):  # interleaved, so machine noise hits all variants alike
         for name, fn in variants.items():
-            elapsed = sum(time_once(fn, q, k, v, causal, backward, grad) for _ in range(repeats))
-            times[name].append(elapsed / repeats)
+            times[name] += [time_once(fn, q, k, v, causal, backward, grad) for _ in range(repeats)]
+    # The median of single calls: a call preempted by another process on the shared cores is an
+    # outlier here, where it would inflate a whole round's mean.
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -94,8 +95,8 @@ def measure(shape):
 def test_attention_variants():
     torch.manual_seed(0)
     rows = [(shape, measure(shape), useful_flops(*shape[:7])) for shape in SHAPES]
-    print(f"\nattention, {torch.get_num_threads()} threads, medians of {ROUNDS} interleaved rounds "
-          f"(ms, useful GFLOP/s, speed relative to torch in the same dtype):")
+    print(f"\nattention, {torch.get_num_threads()} threads, median single call over {ROUNDS} "
+          f"interleaved rounds (ms, useful GFLOP/s, speed relative to torch in the same dtype):")
     for (b, h, tq, tk, d, causal, backward, dtype), medians, flops in rows:
         label = (f"{str(dtype)[6:]:>8} ({b},{h},{tq},{tk},{d}) {'causal' if causal else 'bidir'} "
                  f"{'fwd+bwd' if backward else 'fwd'}")
