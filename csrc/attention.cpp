@@ -302,27 +302,6 @@ void sum4(const Vectorized<A>& a0, const Vectorized<A>& a1, const Vectorized<A>&
   out[3] = at::vec::vec_reduce_all<A>(add, a3);
 }
 
-#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
-// Four float reductions share their shuffles (three horizontal adds in all instead of about
-// seven shuffles and adds each): at head size 64 a reduction per key cost as much as the dot.
-template <>
-void sum4<float>(const Vectorized<float>& a0, const Vectorized<float>& a1,
-                 const Vectorized<float>& a2, const Vectorized<float>& a3, float* out) {
-#if defined(CPU_CAPABILITY_AVX512)
-  const auto fold = [](__m512 x) {
-    return _mm256_add_ps(_mm512_castps512_ps256(x),
-                         _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));
-  };
-  const __m256 b0 = fold(a0), b1 = fold(a1), b2 = fold(a2), b3 = fold(a3);
-#else
-  const __m256 b0 = a0, b1 = a1, b2 = a2, b3 = a3;
-#endif
-  // Lane i of the upper and lower halves of h holds partial sums of vector i.
-  const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(b0, b1), _mm256_hadd_ps(b2, b3));
-  _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
-}
-#endif
-
 // s_j = scale * q . k_j for n keys of d values, four keys at a time: each q vector loaded serves
 // four keys, and the four independent multiply-add chains overlap.
 template <typename T>
