@@ -40,42 +40,31 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causa
 def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
                     scale: float | None = None,
                     key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Attention through the fused `lmforge::attention` kernel (float32 or float64, CPU).
+    """Attention through the fused `lmforge::attention` kernel (float32, float64, bfloat16; CPU).
 
     q: (B, H, Tq, D); k: (B, H, Tk, D); v: (B, H, Tk, Dv); key_padding_mask: (B, Tk) bool, True
     where a key is padding; scale defaults to 1 / sqrt(D). With `causal`, query i sees keys up
-    to Tk - Tq + i (decoding against a KV cache). Returns (B, H, Tq, Dv), contiguous.
+    to Tk - Tq + i (decoding against a KV cache). bfloat16 inputs accumulate in float32.
+    Returns (B, H, Tq, Dv), contiguous, in the inputs' dtype.
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     out, _ = torch.ops.lmforge.attention(q, k, v, causal, scale, key_padding_mask)
     return out
 
 
+# The autograd kernel is registered in C++ (csrc/attention.cpp): in Python it cost more per call
+# than a decoding step's whole kernel.
 def _register() -> None:
     @torch.library.register_fake("lmforge::attention")
     def _(q, k, v, causal, scale, key_padding_mask):
         b, h, tq, _ = q.shape
-        return q.new_empty(b, h, tq, v.shape[-1]), q.new_empty(b, h, tq)
+        # bf16 inputs keep their log-sum-exp in float32, as the kernel accumulates.
+        lse_dtype = torch.float32 if q.dtype == torch.bfloat16 else q.dtype
+        return q.new_empty(b, h, tq, v.shape[-1]), q.new_empty(b, h, tq, dtype=lse_dtype)
 
     @torch.library.register_fake("lmforge::attention_backward")
     def _(grad_out, q, k, v, out, lse, causal, scale, key_padding_mask):
         return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
-
-    def setup_context(ctx, inputs, output):
-        q, k, v, causal, scale, key_padding_mask = inputs
-        out, lse = output
-        ctx.save_for_backward(q, k, v, out, lse, key_padding_mask)
-        ctx.causal, ctx.scale = causal, scale
-
-    def backward(ctx, grad_out, grad_lse):
-        # lse is saved for the backward and not meant to be differentiated: its gradient is
-        # dropped (the model only uses `out`).
-        q, k, v, out, lse, key_padding_mask = ctx.saved_tensors
-        dq, dk, dv = torch.ops.lmforge.attention_backward(grad_out, q, k, v, out, lse, ctx.causal,
-                                                          ctx.scale, key_padding_mask)
-        return dq, dk, dv, None, None, None
-
-    torch.library.register_autograd("lmforge::attention", backward, setup_context=setup_context)
 
 
 # Registered at import, before any call: registering after the op ran broke opcheck's AOT test.
