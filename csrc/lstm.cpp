@@ -48,12 +48,12 @@ inline void store(const Vectorized<A>& v, T* p, int64_t n) {
 
 // One step for one batch row over n columns. pre holds the input projection of the four gates
 // (i, f, g, o; biases included), ld_pre apart, and receives their activations, which backward
-// needs; rec holds h_{t-1} @ W_hh^T, ld_rec apart. Writes c_t and h_t. A is the accumulation
-// type (float for float and bfloat16, double for double), T the activations' type, R that of
-// the recurrent GEMM's result.
+// needs; rec holds h_{t-1} @ W_hh^T, ld_rec apart. Writes c_t and h_t, and h_t unrounded to
+// h_wide unless null. A is the accumulation type (float for float and bfloat16, double for
+// double), T the activations' type, R that of rec.
 template <typename A, typename R, typename T>
 inline void gates_forward(A* pre, int64_t ld_pre, const R* rec, int64_t ld_rec, const A* c_prev,
-                          A* c, T* h, int64_t n) {
+                          A* c, T* h, A* h_wide, int64_t n) {
   using V = Vectorized<A>;
   for (int64_t j = 0; j < n; j += V::size()) {
     const int64_t m = std::min<int64_t>(V::size(), n - j);
@@ -70,17 +70,21 @@ inline void gates_forward(A* pre, int64_t ld_pre, const R* rec, int64_t ld_rec, 
     g.store(pre + 2 * ld_pre + j, m);
     o.store(pre + 3 * ld_pre + j, m);
     c_new.store(c + j, m);
-    store(o * c_new.tanh(), h + j, m);
+    const V h_new = o * c_new.tanh();
+    store(h_new, h + j, m);
+    if (h_wide != nullptr) {
+      h_new.store(h_wide + j, m);
+    }
   }
 }
 
 // The backward of gates_forward for one batch row over n columns: act holds the activations
 // (ld apart); dh = grad_out + dh_rec is the gradient reaching h_t; dc carries the gradient of
 // c_t in and leaves with that of c_{t-1}; dg (ld apart) receives the gradients of the four
-// gates' pre-activations.
+// gates' pre-activations, and unrounded dg_wide (ld apart) unless null.
 template <typename A, typename R, typename T>
 inline void gates_backward(const A* act, const A* c, const A* c_prev, const T* grad_out,
-                           const R* dh_rec, A* dc, T* dg, int64_t ld, int64_t n) {
+                           const R* dh_rec, A* dc, T* dg, A* dg_wide, int64_t ld, int64_t n) {
   using V = Vectorized<A>;
   const V one(A(1));
   for (int64_t j = 0; j < n; j += V::size()) {
@@ -92,10 +96,16 @@ inline void gates_backward(const A* act, const A* c, const A* c_prev, const T* g
     const V tc = V::loadu(c + j, m).tanh();
     const V dh = load<A>(grad_out + j, m) + load<A>(dh_rec + j, m);
     const V dcv = V::loadu(dc + j, m) + dh * o * (one - tc * tc);
-    store(dcv * g * i * (one - i), dg + j, m);
-    store(dcv * V::loadu(c_prev + j, m) * f * (one - f), dg + ld + j, m);
-    store(dcv * i * (one - g * g), dg + 2 * ld + j, m);
-    store(dh * tc * o * (one - o), dg + 3 * ld + j, m);
+    auto put = [&](int64_t k, const V& v) {
+      store(v, dg + k * ld + j, m);
+      if (dg_wide != nullptr) {
+        v.store(dg_wide + k * ld + j, m);
+      }
+    };
+    put(0, dcv * g * i * (one - i));
+    put(1, dcv * V::loadu(c_prev + j, m) * f * (one - f));
+    put(2, dcv * i * (one - g * g));
+    put(3, dh * tc * o * (one - o));
     (dcv * f).store(dc + j, m);
   }
 }
@@ -263,60 +273,54 @@ Tensor input_projection(const Tensor& x, const Tensor& w_ih, const Tensor& b_ih,
   }
 }
 
-// The steps of lstm_cpu for float and double: per step one parallel region (see Slices).
+// The steps of lstm_cpu: per step one parallel region (see Slices). bfloat16 runs them in
+// float: oneDNN's bf16 GEMM is only reachable through at::mm here (the bf16 ukernel needs
+// AMX), whose per-call cost at the step's small sizes outweighs its speed.
 template <typename scalar_t>
-void forward_sliced(const Tensor& h0, const Tensor& c0, const Tensor& w_hh, const Tensor& gates,
-                    const Tensor& cells, const Tensor& output, bool reverse) {
+void forward_steps(const Tensor& h0, const Tensor& c0, const Tensor& w_hh, const Tensor& gates,
+                   const Tensor& cells, const Tensor& output, bool reverse) {
+  using acc_t = at::opmath_type<scalar_t>;
+  // bfloat16 keeps h_{t-1} unrounded for the step GEMM, in two slots used in turn (the output
+  // holds it rounded); float and double read it in place from the output.
+  constexpr bool wide = !std::is_same_v<scalar_t, acc_t>;
   const int64_t B = output.size(0), T = output.size(1), H = output.size(2);
+  const auto acc = gates.options();
   const Slices slices(H);
-  const Tensor w_rec = slices.recurrent_weight(w_hh);
-  Tensor rec = at::empty({B, 4 * H}, output.options());
-  scalar_t* g = gates.data_ptr<scalar_t>();
-  scalar_t* cs = cells.data_ptr<scalar_t>();
-  scalar_t* r = rec.data_ptr<scalar_t>();
+  const Tensor w_rec = slices.recurrent_weight(w_hh.to(acc));
+  Tensor rec = at::empty({B, 4 * H}, acc);
+  Tensor h_wide = at::empty({wide ? 2 : 0, B, H}, acc);
+  if (wide) {
+    h_wide[1].copy_(h0);
+  }
+  acc_t* g = gates.data_ptr<acc_t>();
+  acc_t* cs = cells.data_ptr<acc_t>();
+  acc_t* r = rec.data_ptr<acc_t>();
+  acc_t* hw = h_wide.data_ptr<acc_t>();
   scalar_t* out = output.data_ptr<scalar_t>();
-  const scalar_t* w = w_rec.const_data_ptr<scalar_t>();
-  const scalar_t* c_init = c0.const_data_ptr<scalar_t>();
+  const acc_t* w = w_rec.const_data_ptr<acc_t>();
+  const acc_t* c_init = c0.const_data_ptr<acc_t>();
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = reverse ? T - 1 - s : s, prev = reverse ? t + 1 : t - 1;
-    // h_{t-1} is read in place from the output, rows T * H apart.
-    const scalar_t* h_prev = s == 0 ? h0.const_data_ptr<scalar_t>() : out + prev * H;
-    const int64_t ld_h = s == 0 ? H : T * H;
+    const acc_t* h_prev;
+    int64_t ld_h = H;
+    if constexpr (wide) {
+      h_prev = hw + (s + 1) % 2 * B * H;
+    } else {
+      // Rows T * H apart in the output.
+      h_prev = s == 0 ? h0.const_data_ptr<acc_t>() : out + prev * H;
+      ld_h = s == 0 ? H : T * H;
+    }
+    acc_t* h_next = wide ? hw + s % 2 * B * H : nullptr;
     slices.run([&](int64_t j0, int64_t j1) {
       const int64_t n = j1 - j0;
       gemm(B, 4 * n, H, h_prev, ld_h, w + 4 * j0, 4 * H, r + 4 * j0, 4 * H, false);
       for (int64_t b = 0; b < B; ++b) {
         const int64_t row = b * T + t;
-        const scalar_t* c_prev = s == 0 ? c_init + b * H : cs + (b * T + prev) * H;
+        const acc_t* c_prev = s == 0 ? c_init + b * H : cs + (b * T + prev) * H;
         gates_forward(g + row * 4 * H + j0, H, r + b * 4 * H + 4 * j0, n, c_prev + j0,
-                      cs + row * H + j0, out + row * H + j0, n);
+                      cs + row * H + j0, out + row * H + j0,
+                      wide ? h_next + b * H + j0 : nullptr, n);
       }
-    });
-  }
-}
-
-// The steps of lstm_cpu for bfloat16. Without AMX, oneDNN's fast bf16 GEMM is reachable only
-// through at::mm, which returns bfloat16 and threads itself: per step that GEMM, then the
-// gate pass in float.
-void forward_bf16(const Tensor& h0, const Tensor& c0, const Tensor& w_hh, const Tensor& gates,
-                  const Tensor& cells, const Tensor& output, bool reverse) {
-  using bf16 = at::BFloat16;
-  const int64_t B = output.size(0), T = output.size(1), H = output.size(2);
-  Tensor rec = at::empty({B, 4 * H}, output.options());
-  const Tensor w_t = w_hh.t().contiguous();
-  float* g = gates.data_ptr<float>();
-  float* cs = cells.data_ptr<float>();
-  bf16* out = output.data_ptr<bf16>();
-  const bf16* r = rec.const_data_ptr<bf16>();
-  const float* c_init = c0.const_data_ptr<float>();
-  for (int64_t s = 0; s < T; ++s) {
-    const int64_t t = reverse ? T - 1 - s : s, prev = reverse ? t + 1 : t - 1;
-    at::mm_out(rec, s == 0 ? h0 : output.select(1, prev), w_t);
-    for_blocks(B, H, [&](int64_t b, int64_t j0, int64_t j1) {
-      const int64_t row = b * T + t;
-      const float* c_prev = s == 0 ? c_init + b * H : cs + (b * T + prev) * H;
-      gates_forward(g + row * 4 * H + j0, H, r + b * 4 * H + j0, H, c_prev + j0,
-                    cs + row * H + j0, out + row * H + j0, j1 - j0);
     });
   }
 }
@@ -339,13 +343,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_cpu(
   Tensor gates = input_projection(x.view({B * T, In}), w_ih, b_ih, b_hh).view({B, T, 4 * H});
   Tensor output = at::empty({B, T, H}, x.options());
   Tensor cells = at::empty({B, T, H}, acc);
-  if (x.scalar_type() == at::kBFloat16) {
-    forward_bf16(h0, c0, w_hh, gates, cells, output, reverse);
-  } else {
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lmforge_lstm", [&] {
-      forward_sliced<scalar_t>(h0, c0, w_hh, gates, cells, output, reverse);
-    });
-  }
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "lmforge_lstm", [&] {
+    forward_steps<scalar_t>(h0, c0, w_hh, gates, cells, output, reverse);
+  });
   const int64_t last = reverse ? 0 : T - 1;
   const auto copy = [&](const Tensor& t) { return t.to(x.scalar_type(), false, true); };
   Tensor h_n = T > 0 ? copy(output.select(1, last)) : copy(h0);
@@ -353,64 +353,54 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_cpu(
   return {output, h_n, c_n, gates, cells};
 }
 
-// The steps of lstm_backward_cpu for float and double: per step one parallel region in which
-// each thread's column slice gets its part of dh = dgates_{t+1} @ W_hh and then its gate pass.
-// dh_rec comes in as grad_h_n and dc as grad_c_n; dc leaves as grad_c0.
+// The steps of lstm_backward_cpu (bfloat16 in float, as forward_steps): per step one parallel
+// region in which each thread's column slice gets its part of dh = dgates_{t+1} @ W_hh and
+// then its gate pass. dh_rec comes in as grad_h_n and dc as grad_c_n; dc leaves as grad_c0.
 template <typename scalar_t>
-void backward_sliced(const Tensor& grad_output, const Tensor& c0, const Tensor& w_hh,
-                     const Tensor& gates, const Tensor& cells, const Tensor& dh_rec,
-                     const Tensor& dc, const Tensor& dgates, bool reverse) {
+void backward_steps(const Tensor& grad_output, const Tensor& c0, const Tensor& w_hh,
+                    const Tensor& gates, const Tensor& cells, const Tensor& dh_rec,
+                    const Tensor& dc, const Tensor& dgates, bool reverse) {
+  using acc_t = at::opmath_type<scalar_t>;
+  // bfloat16 keeps dgates_{t+1} unrounded for the step GEMM, as forward_steps does h_{t-1}.
+  constexpr bool wide = !std::is_same_v<scalar_t, acc_t>;
   const int64_t B = dgates.size(0), T = dgates.size(1), H = w_hh.size(1);
   const Slices slices(H);
-  const scalar_t* g = gates.const_data_ptr<scalar_t>();
-  const scalar_t* cs = cells.const_data_ptr<scalar_t>();
-  const scalar_t* c_init = c0.const_data_ptr<scalar_t>();
+  const Tensor w_acc = w_hh.to(gates.options()).contiguous();
+  Tensor dg_wide = at::empty({wide ? 2 : 0, B, 4 * H}, gates.options());
+  const acc_t* g = gates.const_data_ptr<acc_t>();
+  const acc_t* cs = cells.const_data_ptr<acc_t>();
+  const acc_t* c_init = c0.const_data_ptr<acc_t>();
   const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
-  const scalar_t* w = w_hh.const_data_ptr<scalar_t>();
-  scalar_t* dhr = dh_rec.data_ptr<scalar_t>();
-  scalar_t* dcp = dc.data_ptr<scalar_t>();
+  const acc_t* w = w_acc.const_data_ptr<acc_t>();
+  acc_t* dhr = dh_rec.data_ptr<acc_t>();
+  acc_t* dcp = dc.data_ptr<acc_t>();
+  acc_t* dgw = dg_wide.data_ptr<acc_t>();
   scalar_t* dg = dgates.data_ptr<scalar_t>();
   for (int64_t s = T - 1; s >= 0; --s) {
     const int64_t t = reverse ? T - 1 - s : s, prev = reverse ? t + 1 : t - 1;
     const int64_t next = reverse ? t - 1 : t + 1;
+    const acc_t* dg_next;
+    int64_t ld_next = 4 * H;
+    if constexpr (wide) {
+      dg_next = dgw + (s + 1) % 2 * B * 4 * H;
+    } else {
+      dg_next = dg + next * 4 * H;
+      ld_next = T * 4 * H;
+    }
+    acc_t* dg_this = wide ? dgw + s % 2 * B * 4 * H : nullptr;
     slices.run([&](int64_t j0, int64_t j1) {
       const int64_t n = j1 - j0;
       if (s < T - 1) {
-        gemm(B, n, 4 * H, dg + next * 4 * H, T * 4 * H, w + j0, H, dhr + j0, H, false);
+        gemm(B, n, 4 * H, dg_next, ld_next, w + j0, H, dhr + j0, H, false);
       }
       for (int64_t b = 0; b < B; ++b) {
         const int64_t row = b * T + t;
-        const scalar_t* c_prev = s == 0 ? c_init + b * H : cs + (b * T + prev) * H;
+        const acc_t* c_prev = s == 0 ? c_init + b * H : cs + (b * T + prev) * H;
         gates_backward(g + row * 4 * H + j0, cs + row * H + j0, c_prev + j0, go + row * H + j0,
-                       dhr + b * H + j0, dcp + b * H + j0, dg + row * 4 * H + j0, H, n);
+                       dhr + b * H + j0, dcp + b * H + j0, dg + row * 4 * H + j0,
+                       wide ? dg_this + b * 4 * H + j0 : nullptr, H, n);
       }
     });
-  }
-}
-
-// The steps of lstm_backward_cpu for bfloat16 (see forward_bf16): per step the gate pass, then
-// dh = dgates_t @ W_hh across the threads. dh_rec (bfloat16) leaves as grad_h0.
-void backward_bf16(const Tensor& grad_output, const Tensor& c0, const Tensor& w_hh,
-                   const Tensor& gates, const Tensor& cells, Tensor& dh_rec,
-                   const Tensor& dc, const Tensor& dgates, bool reverse) {
-  using bf16 = at::BFloat16;
-  const int64_t B = dgates.size(0), T = dgates.size(1), H = w_hh.size(1);
-  const float* g = gates.const_data_ptr<float>();
-  const float* cs = cells.const_data_ptr<float>();
-  const float* c_init = c0.const_data_ptr<float>();
-  const bf16* go = grad_output.const_data_ptr<bf16>();
-  const bf16* dhr = dh_rec.const_data_ptr<bf16>();
-  float* dcp = dc.data_ptr<float>();
-  bf16* dg = dgates.data_ptr<bf16>();
-  for (int64_t s = T - 1; s >= 0; --s) {
-    const int64_t t = reverse ? T - 1 - s : s, prev = reverse ? t + 1 : t - 1;
-    for_blocks(B, H, [&](int64_t b, int64_t j0, int64_t j1) {
-      const int64_t row = b * T + t;
-      const float* c_prev = s == 0 ? c_init + b * H : cs + (b * T + prev) * H;
-      gates_backward(g + row * 4 * H + j0, cs + row * H + j0, c_prev + j0, go + row * H + j0,
-                     dhr + b * H + j0, dcp + b * H + j0, dg + row * 4 * H + j0, H, j1 - j0);
-    });
-    at::mm_out(dh_rec, dgates.select(1, t), w_hh);
   }
 }
 
@@ -426,23 +416,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_cpu(
   const Tensor grad_output = grad_output_.contiguous();
   const Tensor gates = gates_.contiguous(), cells = cells_.contiguous();
   const int64_t B = x.size(0), T = x.size(1), In = x.size(2), H = w_hh.size(1);
-  const bool bf16 = x.scalar_type() == at::kBFloat16;
   const auto acc = x.options().dtype(acc_type(x));
   const Tensor c0 = c0_.to(acc).contiguous();
   Tensor dgates = at::empty({B, T, 4 * H}, x.options());
-  Tensor dh_rec = grad_h_n.to(bf16 ? x.options() : acc, false, true).contiguous();
+  Tensor dh_rec = grad_h_n.to(acc, false, true).contiguous();
   Tensor dc = grad_c_n.to(acc, false, true).contiguous();
-  Tensor grad_h0;
-  if (bf16) {
-    backward_bf16(grad_output, c0, w_hh, gates, cells, dh_rec, dc, dgates, reverse);
-    grad_h0 = dh_rec;
-  } else {
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lmforge_lstm_backward", [&] {
-      backward_sliced<scalar_t>(grad_output, c0, w_hh, gates, cells, dh_rec, dc, dgates,
-                                reverse);
-    });
-    grad_h0 = T > 0 ? at::mm(dgates.select(1, reverse ? T - 1 : 0), w_hh) : dh_rec;
-  }
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "lmforge_lstm_backward", [&] {
+    backward_steps<scalar_t>(grad_output, c0, w_hh, gates, cells, dh_rec, dc, dgates, reverse);
+  });
+  Tensor grad_h0 = T > 0 ? at::mm(dgates.select(1, reverse ? T - 1 : 0), w_hh)
+                         : dh_rec.to(x.scalar_type());
   Tensor grad_c0 = dc.to(x.scalar_type());
   const Tensor dg2 = dgates.view({B * T, 4 * H});
   Tensor grad_input = sequence_mm(dg2, w_ih).view({B, T, In});
@@ -489,7 +472,7 @@ std::tuple<Tensor, Tensor> lstm_step_cpu(const Tensor& input, const Tensor& h_, 
     acc_t* cn = c_new.data_ptr<acc_t>();
     for_blocks(B, H, [&](int64_t b, int64_t j0, int64_t j1) {
       gates_forward(g + b * 4 * H + j0, H, bh + j0, H, cp + b * H + j0, cn + b * H + j0,
-                    hn + b * H + j0, j1 - j0);
+                    hn + b * H + j0, static_cast<acc_t*>(nullptr), j1 - j0);
     });
   });
   return {h_new, c_new.to(input.scalar_type())};
