@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -15,33 +16,43 @@ from lmforge import lstm_op
 pytestmark = pytest.mark.skipif(not lstm_op.ops_built(),
                                 reason="lmforge._C is not built with the fused lstm op")
 
-ROUNDS = 3
-# (batch, time, input, hidden, layers), forward + backward.
-TRAINING = [(32, 64, 128, 256, 1), (64, 128, 256, 512, 2)]
+ROUNDS = 5
+# (batch, time, input, hidden, layers, bidirectional), forward + backward.
+TRAINING = [(32, 64, 128, 256, 1, False), (64, 128, 256, 512, 2, False),
+            (64, 64, 128, 128, 1, True)]
 # Generation: batch 1, one step at a time, carrying (h, c).
 GENERATION = (1, 256, 128, 512, 2)
 NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
 def layers_of(module: nn.LSTM) -> list[lstm_op.LstmWeights]:
-    return [tuple(getattr(module, f"{name}_l{k}") for name in NAMES)
-            for k in range(module.num_layers)]
+    suffixes = ("", "_reverse") if module.bidirectional else ("",)
+    return [tuple(getattr(module, f"{name}_l{k}{sfx}") for name in NAMES)
+            for k in range(module.num_layers) for sfx in suffixes]
 
 
-def lstm_flops(T: int, B: int, In: int, H: int, layers: int) -> int:
+def lstm_flops(T: int, B: int, In: int, H: int, layers: int, directions: int = 1) -> int:
     """Forward multiply-adds of the gate matmuls, 2 FLOPs each (gates and biases left out)."""
-    return sum(2 * 4 * H * ((In if k == 0 else H) + H) for k in range(layers)) * B * T
+    return directions * sum(2 * 4 * H * ((In if k == 0 else directions * H) + H)
+                            for k in range(layers)) * B * T
 
 
-def reference_stack(x, state, layers):
-    """The Python reference loop, layer by layer, from `state` ((L, B, H) each, or zeros)."""
+def reference_stack(x, state, layers, bidirectional=False):
+    """The Python reference loop, layer by layer, from `state` ((L * D, B, H) each, or zeros)."""
+    D = 2 if bidirectional else 1
     H = layers[0][1].shape[1]
     h0, c0 = state if state is not None else (x.new_zeros(len(layers), x.shape[0], H),) * 2
     h_n, c_n = [], []
-    for k, weights in enumerate(layers):
-        x, (h, c) = lstm_op.reference_lstm(x, h0[k], c0[k], *weights)
-        h_n.append(h)
-        c_n.append(c)
+    for layer in range(len(layers) // D):
+        outputs = []
+        for direction in range(D):
+            k = layer * D + direction
+            out, (h, c) = lstm_op.reference_lstm(x, h0[k], c0[k], *layers[k],
+                                                 reverse=direction == 1)
+            outputs.append(out)
+            h_n.append(h)
+            c_n.append(c)
+        x = torch.cat(outputs, dim=-1)
     return x, (torch.stack(h_n), torch.stack(c_n))
 
 
@@ -58,8 +69,9 @@ def timed(variants: dict[str, Callable[[], object]]) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def report(title: str, medians: dict[str, float], flops: float) -> None:
-    print(f"\n{title}, fp32, {torch.get_num_threads()} threads, medians of {ROUNDS} rounds:")
+def report(title: str, medians: dict[str, float], flops: float, load: tuple[float, ...]) -> None:
+    print(f"\n{title}, {torch.get_num_threads()} threads, medians of {ROUNDS} rounds, "
+          f"load average {load[0]:.2f} before / {os.getloadavg()[0]:.2f} after:")
     print(f"  {'variant':<10} {'ms':>9} {'GFLOP/s':>8} {'speed vs torch':>15}")
     for name, seconds in medians.items():
         print(f"  {name:<10} {seconds * 1e3:>9.2f} {flops / seconds / 1e9:>8.1f} "
@@ -68,36 +80,51 @@ def report(title: str, medians: dict[str, float], flops: float) -> None:
 
 def assert_close_all(got, want, rtol):
     for g, w in zip(got, want, strict=True):
-        assert ((g - w).norm() / w.norm()).item() <= rtol
+        assert ((g.float() - w).norm() / w.norm()).item() <= rtol
 
 
-@pytest.mark.parametrize("B, T, In, H, L", TRAINING)
-def test_forward_backward(B, T, In, H, L):
+@pytest.mark.parametrize("B, T, In, H, L, bidirectional", TRAINING)
+def test_forward_backward(B, T, In, H, L, bidirectional):
+    """fp32 variants, and bf16 ones (fp32 cell state and accumulation), all against fp32 torch."""
     torch.manual_seed(0)
-    module = nn.LSTM(In, H, num_layers=L, batch_first=True)
-    params = list(module.parameters())
+    module = nn.LSTM(In, H, num_layers=L, batch_first=True, bidirectional=bidirectional)
+    module_bf16 = nn.LSTM(In, H, num_layers=L, batch_first=True, bidirectional=bidirectional)
+    module_bf16.load_state_dict(module.state_dict())
+    module_bf16.bfloat16()
+    D = 2 if bidirectional else 1
     x = torch.randn(B, T, In, requires_grad=True)
-    probe = torch.randn(B, T, H)
+    x_bf16 = x.detach().bfloat16().requires_grad_()
+    probe = torch.randn(B, T, D * H)
 
-    def step(forward):
+    def step(forward, inputs, params):
         def run():
             out = forward()
-            grads = torch.autograd.grad(out, [x, *params], probe)
+            grads = torch.autograd.grad(out, [inputs, *params], probe.to(out.dtype))
             return out, grads
         return run
 
+    params, params_bf16 = list(module.parameters()), list(module_bf16.parameters())
     variants = {
-        "reference": step(lambda: reference_stack(x, None, layers_of(module))[0]),
-        "torch": step(lambda: module(x)[0]),
-        "fused": step(lambda: lstm_op.fused_lstm(x, None, layers_of(module))[0]),
+        "reference": step(lambda: reference_stack(x, None, layers_of(module), bidirectional)[0],
+                          x, params),
+        "torch": step(lambda: module(x)[0], x, params),
+        "fused": step(lambda: lstm_op.fused_lstm(x, None, layers_of(module),
+                                                 bidirectional=bidirectional)[0], x, params),
+        "torch_bf16": step(lambda: module_bf16(x_bf16)[0], x_bf16, params_bf16),
+        "fused_bf16": step(lambda: lstm_op.fused_lstm(x_bf16, None, layers_of(module_bf16),
+                                                      bidirectional=bidirectional)[0],
+                           x_bf16, params_bf16),
     }
     want_out, want_grads = variants["torch"]()
-    for name in ("reference", "fused"):
+    for name in variants:
         out, grads = variants[name]()
-        assert_close_all((out, *grads), (want_out, *want_grads), rtol=1e-4)
+        assert_close_all((out, *grads), (want_out, *want_grads),
+                         rtol=5e-2 if name.endswith("bf16") else 1e-4)
+    load = os.getloadavg()
     medians = timed(variants)
-    report(f"forward+backward (B{B}, T{T}, In{In}, H{H}) {L} layer(s)", medians,
-           3 * lstm_flops(T, B, In, H, L))
+    report(f"forward+backward (B{B}, T{T}, In{In}, H{H}) {L} layer(s), "
+           f"{'bidirectional' if bidirectional else 'one direction'}", medians,
+           3 * lstm_flops(T, B, In, H, L, D), load)
     assert all(seconds > 0 for seconds in medians.values())
 
 
@@ -134,7 +161,8 @@ def test_generation_step_by_step():
     want = module(x)[0]
     for run in variants.values():
         assert_close_all((run(),), (want,), rtol=1e-5)
+    load = os.getloadavg()
     medians = timed(variants)
-    report(f"generation, batch {B}, In{In}, H{H}, {L} layers, {steps} steps one at a time",
-           medians, lstm_flops(steps, B, In, H, L))
+    report(f"generation fp32, batch {B}, In{In}, H{H}, {L} layers, {steps} steps one at a time",
+           medians, lstm_flops(steps, B, In, H, L), load)
     assert all(seconds > 0 for seconds in medians.values())

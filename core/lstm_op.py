@@ -34,6 +34,11 @@ def reference_lstm(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_ih: to
     return torch.stack(outputs, dim=1), (h, c)
 
 
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the fused op keeps gates, cell states and their gradients in: float32 for bf16."""
+    return torch.float32 if dtype == torch.bfloat16 else dtype
+
+
 def ops_built() -> bool:
     """Whether lmforge._C is importable and registers the fused lstm ops."""
     try:
@@ -47,8 +52,9 @@ def _register() -> None:
     @torch.library.register_fake("lmforge::lstm")
     def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse=False):
         B, T, H = x.shape[0], x.shape[1], w_hh.shape[1]
+        acc = accumulation_dtype(x.dtype)
         return (x.new_empty(B, T, H), h0.new_empty(B, H), c0.new_empty(B, H),
-                x.new_empty(B, T, 4 * H), x.new_empty(B, T, H))
+                x.new_empty(B, T, 4 * H, dtype=acc), x.new_empty(B, T, H, dtype=acc))
 
     @torch.library.register_fake("lmforge::lstm_backward")
     def _(grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, output, gates, cells,

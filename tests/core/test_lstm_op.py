@@ -82,6 +82,49 @@ def test_fp32_kernel_matches_float64_reference(B, T, In, H, reverse):
         assert rel_err(g, w) <= 1e-4, name
 
 
+@pytest.mark.parametrize("B, T, In, H, reverse", [
+    (2, 5, 7, 100, False),  # hidden 100
+    (1, 33, 3, 16, True),   # batch 1, the backward direction
+    (4, 6, 8, 300, True),   # more than one column slice per thread
+])
+def test_bf16_error_at_most_twice_the_bf16_reference(B, T, In, H, reverse):
+    """bf16 in and out, fp32 cell state and accumulation: against float64, at most twice the
+    error of the reference loop run in bf16, for the outputs and every gradient."""
+    inputs = make_inputs(B, T, In, H)
+    probes = [torch.randn(B, T, H, dtype=torch.float64), torch.randn(B, H, dtype=torch.float64),
+              torch.randn(B, H, dtype=torch.float64)]
+    want, want_grads = run_with_grads(lambda *a: reference(*a, reverse=reverse), inputs, probes)
+    bf16 = [t.bfloat16() for t in inputs]
+    base, base_grads = run_with_grads(lambda *a: reference(*a, reverse=reverse), bf16, probes)
+    got, got_grads = run_with_grads(lambda *a: fused(*a, reverse=reverse), bf16, probes)
+    for name, g, b, w in zip(("output", "h_n", "c_n"), got, base, want, strict=True):
+        assert g.dtype == torch.bfloat16 and rel_err(g, w) <= 2 * rel_err(b, w), name
+    for name, g, b, w in zip(("x", "h0", "c0", *NAMES), got_grads, base_grads, want_grads,
+                             strict=True):
+        assert g.dtype == torch.bfloat16 and rel_err(g, w) <= 2 * rel_err(b, w), name
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_any_thread_count_splits_the_columns_correctly(threads):
+    """A step splits the hidden columns over the threads: 3 threads on H = 37 make slices of
+    16, 16 and 5 columns."""
+    B, T, In, H = 3, 7, 5, 37
+    inputs = make_inputs(B, T, In, H)
+    probes = [torch.randn(B, T, H, dtype=torch.float64), torch.randn(B, H, dtype=torch.float64),
+              torch.randn(B, H, dtype=torch.float64)]
+    want, want_grads = run_with_grads(reference, inputs, probes)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got, got_grads = run_with_grads(fused, [t.float() for t in inputs], probes)
+    finally:
+        torch.set_num_threads(before)
+    for g, w in zip(got, want, strict=True):
+        assert rel_err(g, w) <= 1e-5
+    for name, g, w in zip(("x", "h0", "c0", *NAMES), got_grads, want_grads, strict=True):
+        assert rel_err(g, w) <= 1e-4, name
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 def test_gradcheck_float64(reverse):
     inputs = [t.requires_grad_() for t in make_inputs(2, 4, 3, 5)]
@@ -90,8 +133,9 @@ def test_gradcheck_float64(reverse):
     assert torch.autograd.gradcheck(torch.ops.lmforge.lstm_step, step_inputs)
 
 
-def test_opcheck():
-    x, h0, c0, *w = [t.float().requires_grad_() for t in make_inputs(3, 5, 4, 20)]
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_opcheck(dtype):
+    x, h0, c0, *w = [t.to(dtype).requires_grad_() for t in make_inputs(3, 5, 4, 20)]
     torch.library.opcheck(torch.ops.lmforge.lstm.default, (x, h0, c0, *w, True))
     torch.library.opcheck(torch.ops.lmforge.lstm_step.default, (x[:, 0].detach(), h0, c0, *w))
 
@@ -106,21 +150,27 @@ def test_torch_compile_fullgraph():
         torch.testing.assert_close(g, w)
 
 
-def test_outputs_fully_written():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_outputs_fully_written(dtype):
     B, T, In, H = 3, 9, 5, 37
-    x, h0, c0, *w = [t.float() for t in make_inputs(B, T, In, H)]
+    x, h0, c0, *w = [t.to(dtype) for t in make_inputs(B, T, In, H)]
+    acc = lstm_op.accumulation_dtype(dtype)
+    shapes = (((B, T, H), dtype), ((B, H), dtype), ((B, T, 4 * H), acc), ((B, T, H), acc))
     results = []
     for _ in range(2):
         # Freed NaN blocks of the outputs' sizes are what the allocator hands out next.
-        poison = [torch.full(shape, float("nan")) for shape in ((B, T, H), (B, H), (B, T, 4 * H))]
+        poison = [torch.full(shape, float("nan"), dtype=dt) for shape, dt in shapes]
         del poison
         results.append(torch.ops.lmforge.lstm(x, h0, c0, *w))
     for first, second in zip(*results, strict=True):
         assert torch.isfinite(first).all() and torch.equal(first, second)
     out, _, c_n, gates, cells = results[0]
     assert gates.shape == (B, T, 4 * H) and gates.min() >= -1 and gates.max() <= 1
-    torch.testing.assert_close(cells[:, -1], c_n)
-    torch.testing.assert_close(out, reference(x, h0, c0, *w)[0])
+    assert gates.dtype == cells.dtype == acc and out.dtype == c_n.dtype == dtype
+    torch.testing.assert_close(cells[:, -1].to(dtype), c_n)
+    want = reference(*(t.float() for t in (x, h0, c0, *w)))[0]
+    tolerance = {} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    torch.testing.assert_close(out.float(), want, **tolerance)
 
 
 def test_shape_errors_are_clear():
@@ -129,7 +179,7 @@ def test_shape_errors_are_clear():
         torch.ops.lmforge.lstm(x, h0, c0, w_ih[:, :3], w_hh, b_ih, b_hh)
     with pytest.raises(RuntimeError, match="h0 and c0 must be"):
         torch.ops.lmforge.lstm_step(x[:, 0], h0[:1], c0, w_ih, w_hh, b_ih, b_hh)
-    with pytest.raises(RuntimeError, match="float32 or float64"):
+    with pytest.raises(RuntimeError, match="float32, float64 or bfloat16"):
         torch.ops.lmforge.lstm(*(t.half() for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh)))
 
 
