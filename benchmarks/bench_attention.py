@@ -91,7 +91,7 @@ def measure(shape):
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-@pytest.mark.skipif(not AVAILABLE, reason="lmforge._C is not built with the fused attention op")
+@pytest.mark.skipif(not AVAILABLE, reason="the fused attention kernel is not built")
 def test_attention_variants():
     torch.manual_seed(0)
     rows = [(shape, measure(shape), useful_flops(*shape[:7])) for shape in SHAPES]

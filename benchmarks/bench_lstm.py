@@ -14,7 +14,7 @@ from torch import nn
 from lmforge import lstm_op
 
 pytestmark = pytest.mark.skipif(not lstm_op.ops_built(),
-                                reason="lmforge._C is not built with the fused lstm op")
+                                reason="the fused lstm kernel is not built")
 
 ROUNDS = 5
 # (batch, time, input, hidden, layers, bidirectional), forward + backward.

@@ -6,12 +6,10 @@ import math
 
 import torch
 
-try:
-    from lmforge import _C  # noqa: F401  (loads the lmforge torch ops)
-except ImportError:
-    _C = None
+from lmforge import kernels
 
-AVAILABLE = _C is not None and hasattr(torch.ops.lmforge, "attention")
+# loading the kernels module for this CPU registers the lmforge torch ops
+AVAILABLE = kernels.load() is not None and hasattr(torch.ops.lmforge, "attention")
 
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,

@@ -40,12 +40,10 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def ops_built() -> bool:
-    """Whether lmforge._C is importable and registers the fused lstm ops."""
-    try:
-        from lmforge import _C  # noqa: F401
-    except ImportError:
-        return False
-    return hasattr(torch.ops.lmforge, "lstm")
+    """Whether a kernels module for this CPU is built and registers the fused lstm ops."""
+    from lmforge import kernels
+
+    return kernels.load() is not None and hasattr(torch.ops.lmforge, "lstm")
 
 
 def _register() -> None:

@@ -10,7 +10,7 @@ from lmforge.attention_op import AVAILABLE, fused_attention, reference_attention
 from lmforge.errors import LmforgeError
 
 if not AVAILABLE:
-    pytest.skip("lmforge._C is not built with the fused attention op", allow_module_level=True)
+    pytest.skip("the fused attention kernel is not built", allow_module_level=True)
 
 # The fp32 kernel against a float64 reference, as max |error| / max |reference|, the denominator
 # floored at 1 (the inputs' scale) because some gradients are exactly 0 (dq with a single key).

@@ -8,7 +8,7 @@ from lmforge import lstm_op
 from lmforge.model import ModelSpec
 
 if not lstm_op.ops_built():
-    pytest.skip("lmforge._C is not built with the fused lstm op (pip install -e . builds it)",
+    pytest.skip("the fused lstm kernel is not built (pip install -e . builds it)",
                 allow_module_level=True)
 
 from lmforge.plugins.lstm import Lstm  # noqa: E402  (after the skip: the plugin needs the op)

@@ -1,0 +1,61 @@
+"""The kernels module is chosen per CPU: AVX-512 where it runs, the AVX2 baseline otherwise."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lmforge import kernels
+
+if kernels.load() is None:
+    pytest.skip("no kernels module is built here", allow_module_level=True)
+
+# Attention and LSTM through whichever module the environment selects, on fixed inputs.
+PROBE = """
+import json, torch
+from lmforge import kernels, lstm_op
+from lmforge.attention_op import fused_attention
+module = kernels.load()
+g = torch.Generator().manual_seed(0)
+q, k, v = (torch.randn(2, 3, 37, 24, generator=g) for _ in range(3))
+out = fused_attention(q, k, v, causal=True)
+x = torch.randn(3, 9, 20, generator=g)
+weights = (torch.randn(4 * 16, 20, generator=g) * 0.2, torch.randn(4 * 16, 16, generator=g) * 0.2,
+           torch.zeros(4 * 16), torch.zeros(4 * 16))
+h = lstm_op.fused_lstm(x, None, [weights])[0]
+print(json.dumps({"module": module.__name__, "attention": out.flatten().tolist(),
+                  "lstm": h.flatten().tolist()}))
+"""
+
+
+def probe(**env: str) -> dict:
+    import os
+
+    result = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
+                            env={**os.environ, **env}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_the_module_matches_what_the_cpu_supports():
+    module = kernels.load()
+    simd = module.build_info()["simd"]
+    if kernels.wants_avx512() and module.__name__ == kernels.AVX512_MODULE:
+        assert simd == "avx512"
+    else:  # no AVX-512 BF16 here, or a build without the AVX-512 module (non-x86)
+        assert module.__name__ == kernels.BASELINE_MODULE and simd in ("avx2", "default")
+
+
+def test_the_avx2_baseline_can_be_forced_and_agrees():
+    if kernels.load().__name__ != kernels.AVX512_MODULE:
+        pytest.skip("this machine runs the baseline already")
+    chosen, forced = probe(), probe(LMFORGE_CPU_CAPABILITY="avx2")
+    assert (chosen["module"], forced["module"]) == (kernels.AVX512_MODULE,
+                                                    kernels.BASELINE_MODULE)
+    for op in ("attention", "lstm"):
+        torch.testing.assert_close(torch.tensor(forced[op]), torch.tensor(chosen[op]),
+                                   rtol=1e-5, atol=1e-5)
