@@ -29,12 +29,15 @@ class LstmModule(LanguageModel):
 
     max_context = None  # a recurrent model reads sequences of any length
 
-    def __init__(self, settings: Lstm.Settings, vocab_size: int, backend: str):
+    def __init__(self, settings: Lstm.Settings, vocab_size: int, backend: str,
+                 step_backend: str | None = None):
         super().__init__()
         s = settings
         self.settings = settings
         self.vocab_size = vocab_size
         self.kernels_backend = backend
+        # generation steps may take the fused one-step op while training keeps nn.LSTM
+        self.step_backend = step_backend or backend
         self.embedding = nn.Embedding(vocab_size, s.n_embd)
         self.dropout = nn.Dropout(s.dropout)
         # nn.LSTM applies its own dropout between layers only, hence the one above for the
@@ -75,14 +78,17 @@ class LstmModule(LanguageModel):
     def _recurrent(self, x: torch.Tensor, state: LstmState | None
                    ) -> tuple[torch.Tensor, LstmState]:
         """self.lstm over x (B, t, n_embd) from `state`, through the fused op when chosen."""
-        if self.kernels_backend != "fused":
+        one_step = x.shape[1] == 1
+        # the step backend serves inference steps (generation runs without gradients)
+        inference_step = one_step and not torch.is_grad_enabled()
+        if not ops.is_fused(self.step_backend if inference_step else self.kernels_backend):
             return self.lstm(x, state)
         # The fused op reads nn.LSTM's own parameters, so state dicts stay nn.LSTM's.
         lstm = self.lstm
         layers = [tuple(getattr(lstm, f"{name}_l{k}")
                         for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
                   for k in range(lstm.num_layers)]
-        if x.shape[1] == 1:  # a generation step: the light one-step op per layer
+        if one_step:  # a generation step: the light one-step op per layer
             h, state = lstm_op.fused_lstm_step(x[:, 0], state, layers, lstm.dropout,
                                                self.training)
             return h[:, None], state
@@ -160,7 +166,8 @@ class Lstm(Model):
         backend = resolve_lstm_backend(s.kernels)
         if spec.task == "classify":
             return LstmClassifier(s, spec.vocab_size, require_num_labels(spec, "lstm"), backend)
-        return LstmModule(s, spec.vocab_size, backend)
+        return LstmModule(s, spec.vocab_size, backend,
+                          ops.resolve_backend(s.kernels, "lstm_step"))
 
 
 @hookimpl

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from lmforge import lstm_op
+from lmforge import lstm_op, ops
 from lmforge.model import SequenceClassifier
 from lmforge.plugins.classifier_parts import (
     at_last_token,
@@ -73,7 +73,7 @@ class LstmClassifier(SequenceClassifier):
 
     def _run(self, lstm: nn.LSTM, x: torch.Tensor) -> torch.Tensor:
         """One layer and direction over x (B, T, In) from zero state -> (B, T, H)."""
-        if self.kernels_backend != "fused":
+        if not ops.is_fused(self.kernels_backend):
             return lstm(x)[0]
         # The fused op reads nn.LSTM's own parameters, so both backends share state dicts.
         weights = (lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0)

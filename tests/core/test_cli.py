@@ -139,8 +139,10 @@ def test_doctor_reports_torch_kernels_and_plugins():
     assert findings["torch"]["installed"] and findings["torch"]["threads"] >= 1
     kernels = findings["kernels"]
     if kernels["built"]:
-        assert kernels["simd"] in ("avx2", "default") and set(kernels["auto"]) == {"attention",
-                                                                                   "lstm"}
+        assert (kernels["module"], kernels["simd"]) in (
+            ("lmforge._C_avx512", "avx512"), ("lmforge._C", "avx2"), ("lmforge._C", "default"))
+        assert set(kernels["auto"]) == {"attention", "lstm", "lstm_step"}
+        assert kernels["auto"]["attention"].startswith("fused")
     else:
         assert kernels["error"]
     assert findings["failed_plugins"] == []

@@ -133,7 +133,37 @@ def test_generation_past_block_size_crops():
 
 
 def test_kernels_backend_resolved_at_build():
+    expected = ops.AUTO_FUSED if ops.fused_available("attention") else "reference"
+    assert build(kernels="auto").kernels_backend == expected
     assert build().kernels_backend == "reference"
+
+
+@pytest.mark.skipif(not ops.fused_available("attention"), reason="fused attention not built")
+def test_auto_takes_the_fused_kernel_only_where_it_serves(monkeypatch):
+    from lmforge import attention_op
+
+    calls = []
+    real = attention_op.fused_attention
+    monkeypatch.setattr(attention_op, "fused_attention",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = build(dropout=0.1, kernels="auto")  # dropout in training is PyTorch's op's job
+    idx = torch.randint(0, VOCAB, (2, 12))
+    model.train()
+    model(idx).sum().backward()
+    assert calls == []
+    model.eval()
+    with torch.no_grad():
+        evaluated = model(idx)
+    assert len(calls) == model.settings.n_layer
+    reference = build(dropout=0.1, kernels="reference").eval()
+    reference.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(evaluated, reference(idx), rtol=1e-5, atol=1e-5)
+    calls.clear()
+    with torch.no_grad():
+        model.double()(idx)  # float64 is served too
+        model.half()(idx)  # float16 is not: PyTorch's op
+    assert len(calls) == model.settings.n_layer
 
 
 def test_fused_kernels_fail_clearly_where_not_built(monkeypatch):

@@ -4,7 +4,7 @@ import pydantic
 import pytest
 import torch
 
-from lmforge import ops
+from lmforge import lstm_op, ops
 from lmforge.errors import LmforgeError
 from lmforge.generate import generate
 from lmforge.model import ModelSpec
@@ -101,8 +101,33 @@ def test_greedy_generation_matches_recompute():
 
 
 @pytest.mark.filterwarnings("ignore:lmforge. the fused lstm kernel")
-def test_kernels_auto_is_the_reference():
-    assert build(kernels="auto").kernels_backend == "reference"
+def test_kernels_auto_trains_on_the_reference_and_generates_fused_where_built():
+    model = build(kernels="auto")
+    assert model.kernels_backend == "reference"
+    expected = ops.AUTO_FUSED if ops.fused_available("lstm_step") else "reference"
+    assert model.step_backend == expected
+
+
+@pytest.mark.filterwarnings("ignore:lmforge. the fused lstm kernel")
+@pytest.mark.skipif(not ops.fused_available("lstm_step"), reason="fused lstm not built")
+def test_auto_generation_steps_match_the_reference(monkeypatch):
+    reference = build(kernels="reference").eval()
+    auto = build(kernels="auto").eval()
+    auto.load_state_dict(reference.state_dict())
+    calls = []
+    real_step = lstm_op.fused_lstm_step
+    monkeypatch.setattr(lstm_op, "fused_lstm_step",
+                        lambda *a, **k: calls.append(1) or real_step(*a, **k))
+    prompt = torch.tensor([[3, 1, 4, 1, 5]])
+    with torch.no_grad():
+        logits, state = reference.generate_step(prompt, None)
+        auto_logits, auto_state = auto.generate_step(prompt, None)
+        for token in (2, 6, 5):
+            step = torch.tensor([[token]])
+            logits, state = reference.generate_step(step, state)
+            auto_logits, auto_state = auto.generate_step(step, auto_state)
+            torch.testing.assert_close(auto_logits, logits, rtol=1e-5, atol=1e-5)
+    assert len(calls) == 3  # the prompt went through nn.LSTM, each single step the fused op
 
 
 def test_fused_kernels_fail_clearly_where_not_built(monkeypatch):
