@@ -7,17 +7,18 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-@pytest.fixture
-def austen():
-    path = SHARED_DATA / "austen_6_novels.txt.gz"
+def shared_file(name: str) -> Path:
+    path = SHARED_DATA / name
     if not path.exists():
         pytest.skip(f"{path} not found")
     return path
+
+
+@pytest.fixture
+def austen():
+    return shared_file("austen_6_novels.txt.gz")
 
 
 @pytest.fixture
 def vader():
-    path = SHARED_DATA / "vader_movie_snippets.tsv.gz"
-    if not path.exists():
-        pytest.skip(f"{path} not found")
-    return path
+    return shared_file("vader_movie_snippets.tsv.gz")

@@ -16,6 +16,15 @@ from lmforge.plugins.classifier_parts import at_last_token, check_inputs, requir
 from lmforge.settings import Settings as ComponentSettings
 
 
+def heads_divide_width(settings):
+    """Settings validator of the attention models: the heads split the width evenly."""
+    if settings.n_embd % settings.n_head:
+        raise ValueError(f"n_embd must be divisible by n_head: found n_embd={settings.n_embd}, "
+                         f"n_head={settings.n_head} (head size "
+                         f"{settings.n_embd / settings.n_head:g})")
+    return settings
+
+
 class KVCache(NamedTuple):
     """What `GptModule.generate_step` carries between calls.
 
@@ -267,13 +276,7 @@ class Gpt(Model):
             "auto", description="attention backend: fused kernels when built (auto), or "
                                 "always the PyTorch reference")
 
-        @model_validator(mode="after")
-        def _heads_divide_width(self):
-            if self.n_embd % self.n_head:
-                raise ValueError(f"n_embd must be divisible by n_head: found n_embd="
-                                 f"{self.n_embd}, n_head={self.n_head} (head size "
-                                 f"{self.n_embd / self.n_head:g})")
-            return self
+        _heads_divide_width = model_validator(mode="after")(heads_divide_width)
 
     tasks = ("lm", "classify")
 

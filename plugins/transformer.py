@@ -13,7 +13,7 @@ from lmforge import hookimpl, ops
 from lmforge.errors import LmforgeError
 from lmforge.model import Model, ModelSpec, SequenceClassifier
 from lmforge.plugins.classifier_parts import check_inputs, masked_mean, require_num_labels
-from lmforge.plugins.gpt import Block, init_gpt2
+from lmforge.plugins.gpt import Block, heads_divide_width, init_gpt2
 from lmforge.settings import Settings as ComponentSettings
 
 
@@ -105,13 +105,7 @@ class Transformer(Model):
             "auto", description="attention backend: fused kernels when built and promoted "
                                 "(auto), always fused, or always the PyTorch reference")
 
-        @model_validator(mode="after")
-        def _heads_divide_width(self):
-            if self.n_embd % self.n_head:
-                raise ValueError(f"n_embd must be divisible by n_head: found n_embd="
-                                 f"{self.n_embd}, n_head={self.n_head} (head size "
-                                 f"{self.n_embd / self.n_head:g})")
-            return self
+        _heads_divide_width = model_validator(mode="after")(heads_divide_width)
 
     tasks = ("classify",)
 
