@@ -135,9 +135,10 @@ def test_ctrl_c_inside_an_accumulation_window_resumes_bit_identically(tmp_path):
     _, straight = fit(tmp_path / "a", **common)
 
     # Interrupted in step 6's second micro-batch: steps 1-5 complete, 6 is dropped.
+    handler = signal.getsignal(signal.SIGINT)  # Python's, or SIG_IGN in a background job
     summary, _ = fit(tmp_path / "b", task=WindowTask(interrupt_at=5 * 2 + 1), **common)
     assert summary["interrupted"] and summary["checkpoint"].endswith("step-00000005")
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler  # the caller's handler is back
     saved = complete_checkpoints(tmp_path / "b")[-1]
     assert load_trainer_state(saved)["micro_batch_index"] == 10 and not read_meta(saved)["final"]
 
