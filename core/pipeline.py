@@ -151,7 +151,8 @@ def run(config_path: str, overrides: tuple[str, ...] = (), *, resume: bool = Fal
         if summary.get("interrupted"):
             console.print("interrupted: the checkpoint is saved; --resume continues")
             return {"train": summary}
-    results = {"train": summary, "eval": evaluate_run(config, task, model, console)}
+    checkpoint = finished.name if finished is not None else Path(summary["checkpoint"]).name
+    results = {"train": summary, "eval": evaluate_run(config, task, model, console, checkpoint)}
     if isinstance(model, LanguageModel):
         results["samples"] = write_samples(config, model, tokenizer, console)
     return results
@@ -168,19 +169,27 @@ def _finished_checkpoint(run_dir: Path, digest: str, resume: bool) -> Path | Non
     return None
 
 
-def evaluate_run(config: RunConfig, task: Task, model: torch.nn.Module,
-                 console: Console, splits: tuple[str, ...] = ("val", "test")) -> dict[str, Any]:
-    """Score the model on whole splits and write eval.json."""
+def evaluate_run(config: RunConfig, task: Task, model: torch.nn.Module, console: Console,
+                 checkpoint: str, splits: tuple[str, ...] = ("val", "test")) -> dict[str, Any]:
+    """Score the model (the weights of `checkpoint`) on whole splits and write eval.json.
+
+    Figures already in eval.json for the same checkpoint (`lmforge eval --data` files) stay;
+    those of other checkpoints are dropped, since they describe weights that are gone.
+    """
     batch_size = getattr(config.components["trainer"].settings, "batch_size", 16)
     results = {}
     for split in splits:
         try:
-            results[split] = task.evaluate(model, split, batch_size)
+            results[split] = {**task.evaluate(model, split, batch_size), "checkpoint": checkpoint}
         except LmforgeError as exc:
             console.print(f"eval {split}: skipped ({exc})")
             continue
         print_figures(console, split, results[split])
-    atomic_write_text(config.run_dir / "eval.json", json.dumps(results, indent=2))
+    path = config.run_dir / "eval.json"
+    earlier = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    kept = {key: figures for key, figures in earlier.items()
+            if isinstance(figures, dict) and figures.get("checkpoint") == checkpoint}
+    atomic_write_text(path, json.dumps({**kept, **results}, indent=2))
     report(task, config.run_dir, results, console)
     return results
 

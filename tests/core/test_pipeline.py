@@ -71,9 +71,17 @@ def test_run_writes_every_stage_and_then_reuses_them(tmp_path, model, monkeypatc
     assert losses[12] < losses[1]
     checkpoints = complete_checkpoints(run_dir)
     assert len(checkpoints) >= 2 and checkpoints[-1].name.endswith("12")
+    # scores of other files survive a rerun while they describe the same weights
+    scored = json.loads((run_dir / "eval.json").read_text())
+    assert scored["val"]["checkpoint"] == checkpoints[-1].name
+    scored["file:held-out.txt"] = {"loss": 1.0, "checkpoint": checkpoints[-1].name}
+    scored["file:stale.txt"] = {"loss": 2.0, "checkpoint": "step-00000001"}
+    (run_dir / "eval.json").write_text(json.dumps(scored))
     again = run(str(config), console=quiet())
     assert again["eval"] == results["eval"]
     assert complete_checkpoints(run_dir) == checkpoints
+    kept = json.loads((run_dir / "eval.json").read_text())
+    assert set(kept) == {"val", "test", "file:held-out.txt"}
 
 
 @pytest.mark.parametrize("model", ["gpt", "lstm"])
