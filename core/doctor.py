@@ -5,36 +5,21 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from pathlib import Path
 from typing import Any
 
 import lmforge
+from lmforge.kernels import cpu_features
 from lmforge.plugin_manager import PluginHost
-
-CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile",
-             "neon", "asimd", "sve")
-
-
-def cpu_features() -> list[str]:
-    """The SIMD features the kernels care about, from /proc/cpuinfo where it exists."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.exists():
-        return []
-    flags: set[str] = set()
-    for line in cpuinfo.read_text(errors="replace").splitlines():
-        if line.startswith(("flags", "Features")):
-            flags.update(line.partition(":")[2].split())
-            break
-    return [flag for flag in CPU_FLAGS if flag in flags]
 
 
 def kernels_info() -> dict[str, Any]:
     """Whether a kernels module for this CPU is built, which, and what it was built with."""
+    from lmforge import kernels
+
     try:
-        from lmforge import kernels
+        module = kernels.load()
     except ImportError as exc:  # torch itself is missing
         return {"built": False, "error": str(exc)}
-    module = kernels.load()
     if module is None:
         return {"built": False, "error": "no kernels module for this CPU is built"}
     from lmforge.ops import auto_backends

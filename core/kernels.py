@@ -6,9 +6,25 @@ import functools
 import importlib
 import os
 import platform
+from pathlib import Path
 from types import ModuleType
 
-import torch
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile",
+             "neon", "asimd", "sve")
+
+
+def cpu_features() -> list[str]:
+    """The SIMD features the kernels care about, from /proc/cpuinfo where it exists."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        return []
+    flags: set[str] = set()
+    for line in cpuinfo.read_text(errors="replace").splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.partition(":")[2].split())
+            break
+    return [flag for flag in CPU_FLAGS if flag in flags]
+
 
 # Both modules register the same `lmforge` torch ops, so a process loads exactly one of them.
 AVX512_MODULE = "lmforge._C_avx512"
@@ -21,7 +37,7 @@ def wants_avx512() -> bool:
     built with; LMFORGE_CPU_CAPABILITY=avx2 forces the baseline."""
     if os.environ.get("LMFORGE_CPU_CAPABILITY", "").lower() == "avx2":
         return False
-    from lmforge.doctor import cpu_features
+    import torch
 
     capability = torch.backends.cpu.get_cpu_capability()
     return capability.startswith("AVX512") and "avx512_bf16" in cpu_features()
@@ -31,6 +47,8 @@ def wants_avx512() -> bool:
 def load() -> ModuleType | None:
     """The kernels module for this CPU (importing it registers the torch ops), or None when
     no module is built."""
+    import torch  # the modules link against libtorch: it must be loaded first
+
     if (platform.machine() in ("x86_64", "AMD64")
             and torch.backends.cpu.get_cpu_capability() == "DEFAULT"):
         return None  # the x86 baseline is built for AVX2: it would fault on this CPU
