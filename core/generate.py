@@ -8,6 +8,7 @@ import torch
 
 from lmforge.errors import LmforgeError
 from lmforge.model import LanguageModel
+from lmforge.task import eval_mode
 from lmforge.tokenizer import Tokenizer
 
 
@@ -97,17 +98,13 @@ def generate(model: LanguageModel, prompt_ids: Sequence[int], *, max_new_tokens:
 @torch.no_grad()
 def _generate(model: LanguageModel, ids: list[int], max_new_tokens: int,
               sampling: dict, seed: int | None, stop_ids: frozenset[int]) -> Iterator[int]:
-    parameter = next(model.parameters(), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
     generator = torch.Generator()
     if seed is None:
         generator.seed()
     else:
         generator.manual_seed(seed)
     window = model.max_context
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model) as device:
         state, cached, pending = None, 0, ids
         seen = None  # (V,) bool: tokens of prompt and output so far, for the repetition penalty
         for _ in range(max_new_tokens):
@@ -129,8 +126,6 @@ def _generate(model: LanguageModel, ids: list[int], max_new_tokens: int,
             if seen is not None:
                 seen[token] = True
             pending = [token]
-    finally:
-        model.train(was_training)
 
 
 def _stop_at(text: str, stop_strings: Sequence[str]) -> int | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,22 @@ from lmforge.settings import NoSettings, Settings
 from lmforge.tokenizer import Tokenizer
 
 Batch = dict[str, torch.Tensor]
+
+# Batches for the periodic validation estimate come from a generator of their own, fixed for the
+# whole run, so successive estimates are comparable and training randomness is untouched.
+EVAL_SEED = 0x5EED
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[torch.device]:
+    """The model in eval mode for the block, its own mode restored after; yields its device."""
+    was_training = model.training
+    model.eval()
+    parameter = next(model.parameters(), None)
+    try:
+        yield parameter.device if parameter is not None else torch.device("cpu")
+    finally:
+        model.train(was_training)
 
 
 @dataclass

@@ -22,12 +22,9 @@ from lmforge.errors import LmforgeError
 from lmforge.metrics import ConfusionMatrix, majority_baseline, plot_confusion
 from lmforge.model import ModelSpec
 from lmforge.settings import Settings as ComponentSettings
-from lmforge.task import Batch, Task, TaskData
+from lmforge.task import EVAL_SEED, Batch, Task, TaskData, eval_mode
 from lmforge.tokenizer import Tokenizer
 
-# Windows for the periodic validation estimate come from a generator of their own, fixed for the
-# whole run, so successive estimates are comparable and training randomness is untouched.
-EVAL_SEED = 0x5EED
 DEFAULT_MAX_LENGTH = 256
 ENCODE_CHUNK = 4096
 
@@ -236,7 +233,7 @@ class Classification(Task):
         """Loss (mean cross-entropy, unweighted), accuracy, precision, recall, F1, confusion."""
         matrix = ConfusionMatrix(self.labels)
         total_nats = 0.0
-        with _eval_mode(model) as device:
+        with eval_mode(model) as device:
             for batch in batches:
                 logits = model(batch["input"].to(device), batch["pad_mask"].to(device)).float()
                 target = batch["label"].to(device)
@@ -264,7 +261,7 @@ class Classification(Task):
         ids = self.encode_texts(texts)
         results: list[dict[str, Any]] = [{}] * len(ids)
         order = np.argsort([len(row) for row in ids], kind="stable")
-        with _eval_mode(model) as device:
+        with eval_mode(model) as device:
             for start in range(0, len(order), batch_size):
                 picks = order[start:start + batch_size]
                 batch = self.collate([ids[i] for i in picks])
@@ -300,21 +297,6 @@ def _check_labelled(where: str, rows: Iterable[Record]) -> None:
             raise LmforgeError(
                 f"{row.get('source', where)}: a record without a label; a classifier needs one "
                 f"on every record (set label_column / label_field on the data source)")
-
-
-class _eval_mode:
-    """Puts a module in eval mode for a block and restores its mode after; yields its device."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    def __enter__(self) -> torch.device:
-        self.was_training = self.model.training
-        self.model.eval()
-        return next(self.model.parameters()).device
-
-    def __exit__(self, *exc) -> None:
-        self.model.train(self.was_training)
 
 
 @hookimpl

@@ -15,12 +15,9 @@ from lmforge import hookimpl
 from lmforge.errors import LmforgeError
 from lmforge.model import ModelSpec
 from lmforge.settings import Settings as ComponentSettings
-from lmforge.task import Batch, Task, TaskData
+from lmforge.task import EVAL_SEED, Batch, Task, TaskData, eval_mode
 from lmforge.tokenizer import Tokenizer
 
-# Windows for the periodic validation estimate come from a generator of their own, fixed for the
-# whole run, so successive estimates are comparable and training randomness is untouched.
-EVAL_SEED = 0x5EED
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 
 
@@ -121,18 +118,13 @@ class LanguageModeling(Task):
     def evaluate_tokens(self, model: nn.Module, tokens: np.ndarray, n_bytes: int,
                         batch_size: int) -> dict[str, float]:
         """Loss, perplexity and bits per byte of `tokens`, whose text has `n_bytes` UTF-8 bytes."""
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters()).device
         total_nats, count = 0.0, 0
-        try:
+        with eval_mode(model) as device:
             for batch in self._consecutive_batches(tokens, batch_size):
                 batch = {k: v.to(device) for k, v in batch.items()}
                 loss, targets = self.loss(model, batch)
                 total_nats += loss.item() * targets
                 count += targets
-        finally:
-            model.train(was_training)
         mean = total_nats / count
         return {"loss": mean, "perplexity": math.exp(min(mean, 700.0)),
                 "bits_per_byte": total_nats / math.log(2) / n_bytes if n_bytes else float("nan"),
