@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmforge.attention_op import AVAILABLE, fused_attention, reference_attention
+from lmforge.ops.attention_op import AVAILABLE, fused_attention, reference_attention
 
 ROUNDS = 5
 FP32, BF16 = torch.float32, torch.bfloat16

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from lmforge.pipeline import run
+from lmforge.run.pipeline import run
 
 CONFIG = Path(__file__).resolve().parents[1] / "examples" / "configs" / "austen-char.yaml"
 SECONDS = int(os.environ.get("LMFORGE_BENCH_SECONDS", "300"))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from lmforge.config import resolve
-from lmforge.plugin_manager import load_plugins
-from lmforge.prepare import prepare_data
+from lmforge.data.prepare import prepare_data
+from lmforge.host.manager import load_plugins
 
 CHAIN = [{"type": "normalize"}, {"type": "clean"}, {"type": "filter"}]
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from lmforge import lstm_op
+from lmforge.ops import lstm_op
 
 pytestmark = pytest.mark.skipif(not lstm_op.ops_built(),
                                 reason="the fused lstm kernel is not built")

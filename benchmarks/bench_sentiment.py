@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from lmforge.pipeline import run
+from lmforge.run.pipeline import run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "examples" / "configs"
 MODELS = ("cnn", "lstm", "transformer")

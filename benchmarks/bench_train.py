@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from lmforge import ops
-from lmforge.model import ModelSpec
-from lmforge.plugin_manager import load_plugins
-from lmforge.plugins.lm_task import LanguageModeling
-from lmforge.trainer import TrainContext
+from lmforge.host.manager import load_plugins
+from lmforge.interfaces.model import ModelSpec
+from lmforge.interfaces.trainer import TrainContext
+from lmforge.plugins.tasks.lm_task import LanguageModeling
 
 VOCAB = 2048
 BLOCK = 128

@@ -1,8 +1,16 @@
-"""lmforge: train, evaluate, export and serve your own language models."""
+"""lmforge: train, evaluate, export and serve your own language models.
 
+What a plugin author imports lives here: `hookimpl`, the settings base classes, the errors and
+the component interfaces. The interfaces load on first use, so `import lmforge` stays cheap.
+"""
+
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
 import pluggy
+
+from lmforge.errors import ConfigError, DataError, LmforgeError
+from lmforge.settings import NoSettings, Settings
 
 try:
     __version__ = version("lmforge")
@@ -11,4 +19,30 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 hookimpl = pluggy.HookimplMarker("lmforge")
 
-__all__ = ["__version__", "hookimpl"]
+# name -> the module that defines it
+_INTERFACES = {
+    "DataSource": "lmforge.interfaces.data",
+    "Preprocessor": "lmforge.interfaces.data",
+    "Record": "lmforge.interfaces.data",
+    "SourceSettings": "lmforge.interfaces.data",
+    "Tokenizer": "lmforge.interfaces.tokenizer",
+    "Model": "lmforge.interfaces.model",
+    "ModelSpec": "lmforge.interfaces.model",
+    "LanguageModel": "lmforge.interfaces.model",
+    "SequenceClassifier": "lmforge.interfaces.model",
+    "Task": "lmforge.interfaces.task",
+    "TaskData": "lmforge.interfaces.task",
+    "Trainer": "lmforge.interfaces.trainer",
+    "TrainContext": "lmforge.interfaces.trainer",
+}
+
+
+def __getattr__(name: str):
+    module = _INTERFACES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lmforge' has no attribute {name!r}")
+    return getattr(import_module(module), name)
+
+
+__all__ = ["ConfigError", "DataError", "LmforgeError", "NoSettings", "Settings", "__version__",
+           "hookimpl", *_INTERFACES]

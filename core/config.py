@@ -11,11 +11,10 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError
 
+from lmforge.data.split import SplitSettings
 from lmforge.errors import ConfigError, RegistryError
-from lmforge.registry import Entry, Registry
+from lmforge.host.registry import Entry, Registry
 from lmforge.settings import Settings
-from lmforge.split import SplitSettings
-from lmforge.sweep_space import SweepSettings
 
 # Top-level sections that name one component, and the registry kind each looks up.
 COMPONENT_SECTIONS = {
@@ -27,7 +26,8 @@ COMPONENT_SECTIONS = {
     "serve": "server",
 }
 RUN_KEYS = ("name", "runs_dir", "seed")
-TOP_LEVEL_KEYS = (*RUN_KEYS, "data", *COMPONENT_SECTIONS, "sample", "sweep")
+# Core sections; plugins add more through `register_config_sections` (e.g. `sweep`).
+CORE_SECTIONS = (*RUN_KEYS, "data", *COMPONENT_SECTIONS, "sample")
 DATA_KEYS = ("source", "preprocess", "split")
 
 
@@ -91,7 +91,9 @@ class RunConfig:
     data: DataConfig | None
     components: dict[str, Component] = field(default_factory=dict)
     sample: SampleSettings = field(default_factory=SampleSettings)
-    sweep: SweepSettings | None = None  # only `lmforge sweep` reads it
+    # Sections plugins declared (e.g. `sweep`): read by the plugin's own commands, never by
+    # training, so they stay out of the config hash.
+    sections: dict[str, Settings] = field(default_factory=dict)
 
     @property
     def run_dir(self) -> Path:
@@ -104,8 +106,8 @@ class RunConfig:
             resolved["data"] = self.data.to_dict()
         resolved.update({key: c.to_dict() for key, c in self.components.items()})
         resolved["sample"] = self.sample.model_dump(mode="json")
-        if self.sweep is not None:
-            resolved["sweep"] = self.sweep.model_dump(mode="json")
+        resolved.update((key, section.model_dump(mode="json"))
+                        for key, section in self.sections.items())
         return resolved
 
     def to_yaml(self) -> str:
@@ -300,9 +302,11 @@ def resolve(raw: dict[str, Any], registry: Registry, *, origin: str = "<config>"
             lines: dict[tuple, int | str] | None = None, default_name: str = "run") -> RunConfig:
     """Validate a raw config against the registry; raise one ConfigError listing every problem."""
     resolver = _Resolver(registry, origin, lines or {})
+    plugin_sections = registry.names("config_section")
     for key in raw:
-        if key not in TOP_LEVEL_KEYS:
-            resolver.problem((key,), f"unknown section; allowed: {', '.join(TOP_LEVEL_KEYS)}")
+        if key not in CORE_SECTIONS and key not in plugin_sections:
+            allowed = ", ".join((*CORE_SECTIONS, *plugin_sections))
+            resolver.problem((key,), f"unknown section; allowed: {allowed}")
     run = resolver.settings(RunSettings, {k: raw[k] for k in RUN_KEYS if k in raw}, ())
     data = resolver.data(raw["data"]) if "data" in raw else None
     components = {}
@@ -310,23 +314,21 @@ def resolve(raw: dict[str, Any], registry: Registry, *, origin: str = "<config>"
         if section in raw:
             components[section] = resolver.component(kind, raw[section], (section,))
     sample = resolver.settings(SampleSettings, raw.get("sample") or {}, ("sample",))
-    sweep = (resolver.settings(SweepSettings, raw["sweep"] or {}, ("sweep",))
-             if "sweep" in raw else None)
+    sections = {key: resolver.settings(registry.get("config_section", key).settings,
+                                       raw[key] or {}, (key,))
+                for key in plugin_sections if key in raw}
     if resolver.problems:
         count = len(resolver.problems)
         raise ConfigError(f"{count} problem{'s' if count > 1 else ''} in the config:\n  "
                           + "\n  ".join(resolver.problems))
     return RunConfig(name=run.name or default_name, runs_dir=Path(run.runs_dir), seed=run.seed,
-                     data=data, components=components, sample=sample, sweep=sweep)
+                     data=data, components=components, sample=sample,
+                     sections=sections)
 
 
-def load_config(path: str | Path, overrides: tuple[str, ...] | list[str] = (),
-                registry: Registry | None = None) -> RunConfig:
-    """Read a YAML config, apply `--set` overrides, and resolve it."""
-    if registry is None:
-        from lmforge.plugin_manager import get_host
-
-        registry = get_host().registry
+def load_config(path: str | Path, registry: Registry,
+                overrides: tuple[str, ...] | list[str] = ()) -> RunConfig:
+    """Read a YAML config, apply `--set` overrides, and resolve it against `registry`."""
     raw, lines = read_yaml(path)
     raw = copy.deepcopy(raw)
     for assignment in overrides:

@@ -15,9 +15,9 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from lmforge import hookimpl
 from lmforge.errors import LmforgeError
-from lmforge.plugins.preprocess import ENGLISH_STOP_WORDS
+from lmforge.interfaces.tokenizer import Tokenizer
+from lmforge.plugins.data.preprocess import ENGLISH_STOP_WORDS
 from lmforge.settings import Settings as ComponentSettings
-from lmforge.tokenizer import Tokenizer
 
 # Special tokens take the first ids, in this order, in every built-in tokenizer.
 EOS_PAD = ("eos", "pad")

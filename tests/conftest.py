@@ -1,12 +1,13 @@
 """Shared fixtures: tests never autoload third-party plugins unless the test is about that."""
 
+import functools
 import os
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from lmforge.plugin_manager import reset_host
+from lmforge.host.manager import load_plugins
 
 os.environ["LMFORGE_LOAD_PLUGINS"] = ""
 os.environ.pop("LMFORGE_DISABLE_PLUGINS", None)
@@ -18,19 +19,16 @@ os.environ["LMFORGE_NO_PROGRESS"] = "1"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_plugin_host():
-    reset_host()
-    yield
-    reset_host()
+@functools.cache
+def builtin_registry():
+    """The registry of the built-in plugins only, loaded once (it is never changed)."""
+    return load_plugins({"LMFORGE_LOAD_PLUGINS": ""}).registry
 
 
 @pytest.fixture
 def registry():
     """The registry of the built-in plugins only."""
-    from lmforge.plugin_manager import load_plugins
-
-    return load_plugins({"LMFORGE_LOAD_PLUGINS": ""}).registry
+    return builtin_registry()
 
 
 @pytest.fixture

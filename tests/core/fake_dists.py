@@ -23,7 +23,7 @@ def make_distribution(root: Path, name: str, version: str, entry_points: dict[st
 GOOD_PLUGIN = '''
     """A working third-party plugin."""
     from lmforge import hookimpl
-    from lmforge.data import DataSource
+    from lmforge import DataSource
 
 
     class Numbers(DataSource):
@@ -50,7 +50,7 @@ BROKEN_IMPORT = '''
 RAISING_HOOK = '''
     """A plugin whose registration hook raises after registering one component."""
     from lmforge import hookimpl
-    from lmforge.data import DataSource
+    from lmforge import DataSource
 
 
     class Half(DataSource):
@@ -72,7 +72,7 @@ RAISING_HOOK = '''
 DUPLICATE_NAME = '''
     """A plugin that registers a name a built-in already has."""
     from lmforge import hookimpl
-    from lmforge.data import DataSource
+    from lmforge import DataSource
 
 
     class Shadow(DataSource):
@@ -98,4 +98,22 @@ MISSPELLED_HOOK = '''
     @hookimpl
     def register_datasources(register):
         pass
+'''
+
+BROKEN_COMMAND = '''
+    """A plugin whose command hook adds one command and then raises."""
+    import click
+
+    from lmforge import hookimpl
+
+
+    @click.command("half-added")
+    def half_added():
+        """Added before the failure."""
+
+
+    @hookimpl
+    def register_commands(cli):
+        cli.add_command(half_added)
+        raise RuntimeError("commands exploded")
 '''

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from lmforge import ops
-from lmforge.attention_op import AVAILABLE, fused_attention, reference_attention
 from lmforge.errors import LmforgeError
+from lmforge.ops.attention_op import AVAILABLE, fused_attention, reference_attention
 
 if not AVAILABLE:
     pytest.skip("the fused attention kernel is not built", allow_module_level=True)

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 import lmforge.atomic
-from lmforge.checkpoint import (
+from lmforge.errors import LmforgeError
+from lmforge.run.checkpoint import (
     capture_rng_state,
     check_compatible,
     checkpoint_dir,
@@ -27,7 +28,6 @@ from lmforge.checkpoint import (
     save_checkpoint,
     update_meta,
 )
-from lmforge.errors import LmforgeError
 
 
 class Tied(nn.Module):
@@ -143,7 +143,7 @@ import sys, time
 from pathlib import Path
 import torch
 from torch import nn
-from lmforge.checkpoint import save_checkpoint
+from lmforge.run.checkpoint import save_checkpoint
 run_dir = Path(sys.argv[1])
 torch.manual_seed(0)
 model = nn.Linear(4, 4)

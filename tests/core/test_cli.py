@@ -57,8 +57,8 @@ def test_plugins_list_json_shows_builtins_and_the_installed_example():
     assert result.returncode == 0, result.stderr
     listing = json.loads(result.stdout)
     by_name = {p["name"]: p for p in listing["plugins"]}
-    assert by_name["lmforge.plugins.sources"]["builtin"] is True
-    assert {"kind": "data_source", "name": "text"} in by_name["lmforge.plugins.sources"][
+    assert by_name["lmforge.plugins.data.sources"]["builtin"] is True
+    assert {"kind": "data_source", "name": "text"} in by_name["lmforge.plugins.data.sources"][
         "components"]
     try:
         distribution("lmforge-sqlite")
@@ -82,7 +82,7 @@ def test_broken_plugin_warns_once_and_strict_mode_fails(broken_env):
 def test_plugins_show_gives_doc_settings_and_provider():
     result = run("plugins", "show", "filter")
     assert result.returncode == 0, result.stderr
-    assert "lmforge.plugins.preprocess" in result.stdout and "built-in" in result.stdout
+    assert "lmforge.plugins.data.preprocess" in result.stdout and "built-in" in result.stdout
     assert "min_chars" in result.stdout
     missing = run("plugins", "show", "nope")
     assert missing.returncode == 2 and "no component named 'nope'" in missing.stderr

@@ -35,12 +35,12 @@ def write(tmp_path: Path, text: str, name: str = "conf.yaml") -> Path:
 
 def errors_of(path: Path, registry, *overrides: str) -> str:
     with pytest.raises(ConfigError) as raised:
-        load_config(path, overrides, registry)
+        load_config(path, registry, overrides)
     return str(raised.value)
 
 
 def test_valid_config_resolves_with_defaults(tmp_path, registry):
-    config = load_config(write(tmp_path, VALID), registry=registry)
+    config = load_config(write(tmp_path, VALID), registry)
     assert config.name == "tiny"
     assert config.run_dir == Path("runs/tiny")
     assert config.data.source.entry.name == "text"
@@ -52,13 +52,13 @@ def test_valid_config_resolves_with_defaults(tmp_path, registry):
 
 def test_name_defaults_to_the_file_stem(tmp_path, registry):
     path = write(tmp_path, VALID.replace("name: tiny\n", ""), "my-run.yaml")
-    assert load_config(path, registry=registry).name == "my-run"
+    assert load_config(path, registry).name == "my-run"
 
 
 def test_show_output_is_a_config_that_resolves_to_itself(tmp_path, registry):
-    config = load_config(write(tmp_path, VALID), registry=registry)
+    config = load_config(write(tmp_path, VALID), registry)
     shown = write(tmp_path, config.to_yaml(), "shown.yaml")
-    assert load_config(shown, registry=registry).to_dict() == config.to_dict()
+    assert load_config(shown, registry).to_dict() == config.to_dict()
     assert "max_line_bytes" in config.to_yaml()
 
 
@@ -112,13 +112,13 @@ def test_duplicate_key_and_yaml_syntax_errors_name_the_line(tmp_path, registry):
     broken = write(tmp_path, "data:\n  source: [unclosed\n", "broken.yaml")
     assert f"{broken}:3: not valid YAML" in errors_of(broken, registry)
     with pytest.raises(ConfigError, match="config file not found"):
-        load_config(tmp_path / "missing.yaml", registry=registry)
+        load_config(tmp_path / "missing.yaml", registry)
 
 
 def test_overrides_parse_values_as_yaml(tmp_path, registry):
     overrides = ("data.source.paths=[a.txt, b.txt]", "data.preprocess[1].min_chars=7",
                  "data.preprocess.0.lowercase=true", "seed=3", "data.split.mode=contiguous")
-    config = load_config(write(tmp_path, VALID), overrides, registry)
+    config = load_config(write(tmp_path, VALID), registry, overrides)
     assert config.data.source.settings.paths == ["a.txt", "b.txt"]
     assert config.data.preprocess[1].settings.min_chars == 7
     assert config.data.preprocess[0].settings.lowercase is True
@@ -148,4 +148,4 @@ def test_bare_string_names_a_component_with_default_settings(registry):
 def test_every_shipped_config_validates(path, registry):
     first_line = path.read_text(encoding="utf-8").splitlines()[0]
     assert first_line.startswith("# lmforge "), "a shipped config starts with its command"
-    load_config(path, registry=registry)
+    load_config(path, registry)

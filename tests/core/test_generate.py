@@ -1,14 +1,14 @@
-"""Tests of lmforge.generate: sampling, state handling, stopping and streamed text."""
+"""Tests of lmforge.run.generate: sampling, state handling, stopping and streamed text."""
 
 import pytest
 import torch
 from torch import nn
 
 from lmforge.errors import LmforgeError
-from lmforge.generate import generate, generate_text, sample_next
-from lmforge.model import LanguageModel, ModelSpec
-from lmforge.plugins.gpt import Gpt
-from lmforge.tokenizer import Tokenizer
+from lmforge.interfaces.model import LanguageModel, ModelSpec
+from lmforge.interfaces.tokenizer import Tokenizer
+from lmforge.plugins.models.gpt import Gpt
+from lmforge.run.generate import generate, generate_text, sample_next
 
 
 class Scripted(LanguageModel):

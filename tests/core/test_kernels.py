@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from lmforge import kernels
+from lmforge.ops import kernels
 
 if kernels.load() is None:
     pytest.skip("no kernels module is built here", allow_module_level=True)
@@ -17,8 +17,9 @@ if kernels.load() is None:
 # Attention and LSTM through whichever module the environment selects, on fixed inputs.
 PROBE = """
 import json, torch
-from lmforge import kernels, lstm_op
-from lmforge.attention_op import fused_attention
+from lmforge.ops import kernels
+from lmforge.ops import lstm_op
+from lmforge.ops.attention_op import fused_attention
 module = kernels.load()
 g = torch.Generator().manual_seed(0)
 q, k, v = (torch.randn(2, 3, 37, 24, generator=g) for _ in range(3))

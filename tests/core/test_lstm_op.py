@@ -4,14 +4,14 @@ import pytest
 import torch
 from torch import nn
 
-from lmforge import lstm_op
-from lmforge.model import ModelSpec
+from lmforge.interfaces.model import ModelSpec
+from lmforge.ops import lstm_op
 
 if not lstm_op.ops_built():
     pytest.skip("the fused lstm kernel is not built (pip install -e . builds it)",
                 allow_module_level=True)
 
-from lmforge.plugins.lstm import Lstm  # noqa: E402  (after the skip: the plugin needs the op)
+from lmforge.plugins.models.lstm import Lstm  # noqa: E402  (after the skip: the plugin needs the op)
 
 NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 

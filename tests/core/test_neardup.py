@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lmforge.neardup import NearDuplicateIndex, lsh_bands
+from lmforge.data.neardup import NearDuplicateIndex, lsh_bands
 
 PARAGRAPH = (
     "Emma Woodhouse, handsome, clever, and rich, with a comfortable home and happy disposition, "

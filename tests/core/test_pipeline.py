@@ -13,10 +13,10 @@ import torch
 import yaml
 from rich.console import Console
 
-from lmforge.checkpoint import complete_checkpoints
 from lmforge.errors import LmforgeError
-from lmforge.pipeline import load_run, run
-from lmforge.plugins.lm_task import LanguageModeling
+from lmforge.plugins.tasks.lm_task import LanguageModeling
+from lmforge.run.checkpoint import complete_checkpoints
+from lmforge.run.pipeline import load_run, run
 
 MODELS = {
     "gpt": {"type": "gpt", "n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16,
@@ -58,10 +58,10 @@ def step_losses(run_dir: Path) -> dict[int, float]:
 
 
 @pytest.mark.parametrize("model", ["gpt", "lstm"])
-def test_run_writes_every_stage_and_then_reuses_them(tmp_path, model, monkeypatch):
+def test_run_writes_every_stage_and_then_reuses_them(registry, tmp_path, model, monkeypatch):
     monkeypatch.setenv("LMFORGE_NO_PROGRESS", "1")
     config = write_config(tmp_path, model)
-    results = run(str(config), console=quiet())
+    results = run(str(config), registry, console=quiet())
     run_dir = tmp_path / "runs" / f"tiny-{model}"
     for name in ("config.yaml", "tokenizer.json", "metrics.jsonl", "eval.json", "samples.txt",
                  "plots/loss.png"):
@@ -77,7 +77,7 @@ def test_run_writes_every_stage_and_then_reuses_them(tmp_path, model, monkeypatc
     scored["file:held-out.txt"] = {"loss": 1.0, "checkpoint": checkpoints[-1].name}
     scored["file:stale.txt"] = {"loss": 2.0, "checkpoint": "step-00000001"}
     (run_dir / "eval.json").write_text(json.dumps(scored))
-    again = run(str(config), console=quiet())
+    again = run(str(config), registry, console=quiet())
     assert again["eval"] == results["eval"]
     assert complete_checkpoints(run_dir) == checkpoints
     kept = json.loads((run_dir / "eval.json").read_text())
@@ -85,12 +85,12 @@ def test_run_writes_every_stage_and_then_reuses_them(tmp_path, model, monkeypatc
 
 
 @pytest.mark.parametrize("model", ["gpt", "lstm"])
-def test_interrupted_run_resumes_exactly(tmp_path, model, monkeypatch):
+def test_interrupted_run_resumes_exactly(registry, tmp_path, model, monkeypatch):
     monkeypatch.setenv("LMFORGE_NO_PROGRESS", "1")
     full = tmp_path / "full"
     part = tmp_path / "part"
     full.mkdir(), part.mkdir()
-    run(str(write_config(full, model, grad_accum=2)), console=quiet())
+    run(str(write_config(full, model, grad_accum=2)), registry, console=quiet())
 
     original = LanguageModeling.train_batch
     interrupt_at = 7 * 2 + 1  # step 7 (0-based), second micro-batch of its accumulation window
@@ -103,31 +103,33 @@ def test_interrupted_run_resumes_exactly(tmp_path, model, monkeypatch):
 
     monkeypatch.setattr(LanguageModeling, "train_batch", interrupting)
     config = write_config(part, model, grad_accum=2)
-    first = run(str(config), console=quiet())
+    first = run(str(config), registry, console=quiet())
     assert first["train"].get("interrupted")
     monkeypatch.setattr(LanguageModeling, "train_batch", original)
-    run(str(config), resume=True, console=quiet())
+    run(str(config), registry, resume=True, console=quiet())
 
     full_dir, part_dir = full / "runs" / f"tiny-{model}", part / "runs" / f"tiny-{model}"
     assert step_losses(part_dir) == step_losses(full_dir)
-    a, b = load_run(full_dir).model.state_dict(), load_run(part_dir).model.state_dict()
+    a = load_run(full_dir, registry).model.state_dict()
+    b = load_run(part_dir, registry).model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_with_another_config_is_refused(tmp_path, monkeypatch):
+def test_resume_with_another_config_is_refused(registry, tmp_path, monkeypatch):
     monkeypatch.setenv("LMFORGE_NO_PROGRESS", "1")
     config = write_config(tmp_path, max_steps=4)
-    run(str(config), console=quiet())
+    run(str(config), registry, console=quiet())
     with pytest.raises(LmforgeError, match="config"):
-        run(str(config), ("trainer.lr=0.01",), resume=True, console=quiet())
+        run(str(config), registry, ("trainer.lr=0.01",), resume=True, console=quiet())
 
 
-def test_rerun_with_changed_settings_does_not_overwrite_checkpoints(tmp_path, monkeypatch):
+def test_rerun_with_changed_settings_does_not_overwrite_checkpoints(registry, tmp_path,
+                                                                   monkeypatch):
     monkeypatch.setenv("LMFORGE_NO_PROGRESS", "1")
     config = write_config(tmp_path, max_steps=4)
-    run(str(config), console=quiet())
+    run(str(config), registry, console=quiet())
     with pytest.raises(LmforgeError, match="--resume"):
-        run(str(config), ("trainer.lr=0.01",), console=quiet())
+        run(str(config), registry, ("trainer.lr=0.01",), console=quiet())
 
 
 class UniformModel(torch.nn.Module):

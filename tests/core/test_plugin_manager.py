@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import io
+from importlib.metadata import entry_points
+from pathlib import Path
 
+import click
 import pytest
+import tomllib
 
 from lmforge.errors import PluginError
-from lmforge.plugin_manager import BUILTIN_PLUGINS, load_plugins
+from lmforge.host import manager
+from lmforge.host.manager import load_plugins
 
 from .fake_dists import (
+    BROKEN_COMMAND,
     BROKEN_IMPORT,
     DUPLICATE_NAME,
     GOOD_PLUGIN,
@@ -33,12 +39,21 @@ def installed(tmp_path, monkeypatch):
     return install
 
 
-def test_builtins_load_and_are_labelled():
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def declared_builtins() -> dict[str, str]:
+    """The `lmforge` entry points pyproject.toml declares: name -> module."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    return project["project"]["entry-points"]["lmforge"]
+
+
+def test_builtins_load_from_the_entry_points_and_are_labelled():
     host = load_plugins({"LMFORGE_LOAD_PLUGINS": ""})
-    assert [p.name for p in host.plugins] == list(BUILTIN_PLUGINS)
+    assert sorted(p.name for p in host.plugins) == sorted(declared_builtins())
     assert all(p.builtin and p.distribution == "lmforge" for p in host.plugins)
     text = host.registry.get("data_source", "text")
-    assert text.provider.plugin == "lmforge.plugins.sources"
+    assert text.provider.plugin == "lmforge.plugins.data.sources"
     assert text.provider.builtin
     assert host.failures == []
 
@@ -91,8 +106,9 @@ def test_duplicate_name_names_both_plugins(installed):
     host = load_plugins(ALL)
     [failure] = host.failures
     assert "'text' is registered twice" in failure.error
-    assert "lmforge.plugins.sources" in failure.error and "'shadow'" in failure.error
-    assert host.registry.get("data_source", "text").provider.plugin == "lmforge.plugins.sources"
+    assert "lmforge.plugins.data.sources" in failure.error and "'shadow'" in failure.error
+    text = host.registry.get("data_source", "text")
+    assert text.provider.plugin == "lmforge.plugins.data.sources"
 
 
 def test_unknown_hook_is_an_error_naming_the_plugin(installed):
@@ -118,7 +134,7 @@ def test_load_plugins_switch_selects_by_entry_point_or_distribution(installed):
 
 def test_disable_switch_skips_third_party_and_builtin_plugins(installed):
     installed("broken-plugin", "0.3", "broken_mod", BROKEN_IMPORT, entry_point="broken")
-    host = load_plugins({"LMFORGE_DISABLE_PLUGINS": "broken,lmforge.plugins.dedup"})
+    host = load_plugins({"LMFORGE_DISABLE_PLUGINS": "broken,lmforge.plugins.data.dedup"})
     assert not host.failures
     assert "dedup" not in host.registry.names("preprocessor")
     assert "normalize" in host.registry.names("preprocessor")
@@ -131,3 +147,38 @@ def test_strict_mode_makes_a_broken_plugin_fatal(installed):
     assert "broken-plugin 0.3" in str(raised.value)
     assert "Traceback" in str(raised.value)
     assert load_plugins({"LMFORGE_STRICT_PLUGINS": "1", "LMFORGE_DISABLE_PLUGINS": "broken"})
+
+
+def test_entry_points_and_shipped_plugins_do_not_drift():
+    """Every plugins/ module implementing a hook is declared, and every declaration is
+    installed: a plugin added without its entry point (or the reverse) fails here."""
+    with_hooks = set()
+    for path in (ROOT / "plugins").rglob("*.py"):
+        if "@hookimpl" in path.read_text(encoding="utf-8"):
+            parts = path.relative_to(ROOT / "plugins").with_suffix("").parts
+            parts = parts[:-1] if parts[-1] == "__init__" else parts
+            with_hooks.add(".".join(("lmforge.plugins", *parts)))
+    declared = declared_builtins()
+    assert set(declared.values()) == with_hooks
+    installed_names = {ep.name: ep.value for ep in entry_points(group="lmforge")
+                       if ep.dist is not None and ep.dist.name == "lmforge"}
+    assert installed_names == declared, "reinstall lmforge: its metadata is stale"
+
+
+def test_missing_package_metadata_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(manager, "entry_points", lambda group: [])
+    with pytest.raises(PluginError, match="declares no 'lmforge' entry points.*make install"):
+        load_plugins({"LMFORGE_LOAD_PLUGINS": ""})
+
+
+def test_a_failing_command_hook_is_reported_and_its_commands_removed(installed):
+    installed("cmd-plugin", "0.2", "cmd_mod", BROKEN_COMMAND, entry_point="cmd")
+    group = click.Group("lmforge")
+    host = load_plugins(ALL, cli=group)
+    [failure] = host.failures
+    assert (failure.name, failure.stage) == ("cmd", "register_commands")
+    assert "commands exploded" in failure.error
+    assert "half-added" not in group.commands
+    assert "sweep" in group.commands  # the built-in search's command is there
+    with pytest.raises(PluginError, match="cmd-plugin 0.2.*register_commands"):
+        load_plugins({"LMFORGE_STRICT_PLUGINS": "1"}, cli=click.Group("lmforge"))

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from lmforge.config import resolve
-from lmforge.prepare import prepare_data
-from lmforge.split import SplitSettings, hash_split
+from lmforge.data.prepare import prepare_data
+from lmforge.data.split import SplitSettings, hash_split
 
 
 def paragraphs(count: int, offset: int = 0) -> list[str]:

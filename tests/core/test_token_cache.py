@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from lmforge.config import resolve
+from lmforge.data.prepare import prepare_data
+from lmforge.data.token_cache import encode_splits, load_token_cache, token_cache_key
 from lmforge.errors import LmforgeError
-from lmforge.prepare import prepare_data
-from lmforge.token_cache import encode_splits, load_token_cache, token_cache_key
-from lmforge.tokenizer import Tokenizer
+from lmforge.interfaces.tokenizer import Tokenizer
 
 SPLIT_TEXTS = {"train": ["héllo", "", "wörld 🎉"], "val": ["abc"], "test": []}
 

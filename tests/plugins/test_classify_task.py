@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from lmforge.errors import LmforgeError
-from lmforge.model import SequenceClassifier
-from lmforge.plugins.classify_task import Classification
-from lmforge.task import TaskData
+from lmforge.interfaces.model import SequenceClassifier
+from lmforge.interfaces.task import TaskData
+from lmforge.plugins.tasks.classify_task import Classification
 
 POSITIVE = ["great", "lovely", "warm", "funny", "superb"]
 NEGATIVE = ["dull", "awful", "bland", "boring", "weak"]
@@ -20,7 +20,7 @@ FILLER = ["the", "film", "was", "a", "story", "plot", "cast", "really", "quite",
 
 
 class FakePrepared:
-    """Stands in for lmforge.prepare.PreparedData: records per split."""
+    """Stands in for lmforge.data.prepare.PreparedData: records per split."""
 
     def __init__(self, splits: dict[str, list[dict]]):
         self.splits = splits

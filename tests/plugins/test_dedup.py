@@ -7,7 +7,7 @@ import re
 import pytest
 from pydantic import ValidationError
 
-from lmforge.plugins.dedup import Dedup
+from lmforge.plugins.data.dedup import Dedup
 
 PARAGRAPH = (
     "She was the youngest of the two daughters of a most affectionate, indulgent father; and "

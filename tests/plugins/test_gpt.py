@@ -8,9 +8,9 @@ import torch
 
 from lmforge import ops
 from lmforge.errors import LmforgeError
-from lmforge.generate import generate
-from lmforge.model import ModelSpec
-from lmforge.plugins.gpt import Gpt, GptClassifier, GptModule, KVCache
+from lmforge.interfaces.model import ModelSpec
+from lmforge.plugins.models.gpt import Gpt, GptClassifier, GptModule, KVCache
+from lmforge.run.generate import generate
 
 from . import classify_checks
 from .lm_checks import fit_repeated_pattern
@@ -140,7 +140,7 @@ def test_kernels_backend_resolved_at_build():
 
 @pytest.mark.skipif(not ops.fused_available("attention"), reason="fused attention not built")
 def test_auto_takes_the_fused_kernel_only_where_it_serves(monkeypatch):
-    from lmforge import attention_op
+    from lmforge.ops import attention_op
 
     calls = []
     real = attention_op.fused_attention

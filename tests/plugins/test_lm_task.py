@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lmforge.errors import LmforgeError
-from lmforge.plugins.lm_task import LanguageModeling
+from lmforge.plugins.tasks.lm_task import LanguageModeling
 
 
 def task_over(tokens: np.ndarray, block_size: int = 8) -> LanguageModeling:

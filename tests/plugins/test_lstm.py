@@ -4,11 +4,12 @@ import pydantic
 import pytest
 import torch
 
-from lmforge import lstm_op, ops
+from lmforge import ops
 from lmforge.errors import LmforgeError
-from lmforge.generate import generate
-from lmforge.model import ModelSpec
-from lmforge.plugins.lstm import Lstm, LstmModule
+from lmforge.interfaces.model import ModelSpec
+from lmforge.ops import lstm_op
+from lmforge.plugins.models.lstm import Lstm, LstmModule
+from lmforge.run.generate import generate
 
 from .lm_checks import fit_repeated_pattern
 

@@ -6,9 +6,9 @@ import torch
 
 from lmforge import ops
 from lmforge.errors import LmforgeError
-from lmforge.model import ModelSpec
-from lmforge.plugins.lstm import Lstm, LstmModule
-from lmforge.plugins.lstm_classifier import LstmClassifier, reverse_within_length
+from lmforge.interfaces.model import ModelSpec
+from lmforge.plugins.models.lstm import Lstm, LstmModule
+from lmforge.plugins.models.lstm_classifier import LstmClassifier, reverse_within_length
 
 from .classify_checks import VOCAB, assert_padding_invariant, held_out_accuracy
 

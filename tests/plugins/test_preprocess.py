@@ -5,7 +5,7 @@ import copy
 import pytest
 from pydantic import ValidationError
 
-from lmforge.plugins.preprocess import (
+from lmforge.plugins.data.preprocess import (
     ENGLISH_STOP_WORDS,
     Clean,
     Filter,

@@ -6,8 +6,8 @@ from itertools import islice
 import pytest
 
 from lmforge.errors import DataError
-from lmforge.plugins import python_docs
-from lmforge.plugins.python_docs import PythonDocsSource
+from lmforge.plugins.data import python_docs
+from lmforge.plugins.data.python_docs import PythonDocsSource
 
 
 def source(**settings) -> PythonDocsSource:

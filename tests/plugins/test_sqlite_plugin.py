@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lmforge.errors import DataError
-from lmforge.plugin_manager import load_plugins
+from lmforge.host.manager import load_plugins
 
 PLUGIN_FILE = Path(__file__).parents[2] / "examples/lmforge-sqlite/lmforge_sqlite/__init__.py"
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from lmforge.errors import LmforgeError
-from lmforge.model import ModelSpec
-from lmforge.plugins.textcnn import TextCnn, TextCnnModule
+from lmforge.interfaces.model import ModelSpec
+from lmforge.plugins.models.textcnn import TextCnn, TextCnnModule
 
 from .classify_checks import VOCAB, assert_padding_invariant, held_out_accuracy
 

@@ -10,8 +10,8 @@ import pytest
 from pydantic import ValidationError
 
 from lmforge.errors import LmforgeError
+from lmforge.interfaces.tokenizer import file_hash, load_tokenizer
 from lmforge.plugins import tokenizers
-from lmforge.tokenizer import file_hash, load_tokenizer
 
 MULTILINGUAL = [
     "Emma Woodhouse, handsome, clever, and rich, had lived nearly twenty-one years.",

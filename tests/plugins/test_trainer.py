@@ -11,13 +11,13 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 
-from lmforge.checkpoint import complete_checkpoints, load_trainer_state, read_meta
 from lmforge.errors import LmforgeError
-from lmforge.model import ModelSpec
-from lmforge.plugins.trainer import StandardTrainer, lr_factor, param_groups
+from lmforge.interfaces.model import ModelSpec
+from lmforge.interfaces.task import Task
+from lmforge.interfaces.trainer import TrainContext
+from lmforge.plugins.training.trainer import StandardTrainer, lr_factor, param_groups
+from lmforge.run.checkpoint import complete_checkpoints, load_trainer_state, read_meta
 from lmforge.settings import NoSettings
-from lmforge.task import Task
-from lmforge.trainer import TrainContext
 
 VOCAB = 16
 CONTEXT = 12

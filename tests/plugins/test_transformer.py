@@ -6,8 +6,8 @@ import torch
 
 from lmforge import ops
 from lmforge.errors import LmforgeError
-from lmforge.model import ModelSpec
-from lmforge.plugins.transformer import Transformer, TransformerClassifier
+from lmforge.interfaces.model import ModelSpec
+from lmforge.plugins.models.transformer import Transformer, TransformerClassifier
 
 from .classify_checks import VOCAB, assert_padding_invariant, held_out_accuracy
 

@@ -10,9 +10,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from lmforge import hookimpl
-from lmforge.data import DataSource, Record, SourceSettings
-from lmforge.errors import DataError
+from lmforge import DataError, DataSource, Record, SourceSettings, hookimpl
 
 BATCH_ROWS = 1000
 

@@ -1,0 +1,281 @@
+"""The `lmforge` command line; plugins add subcommands through the `register_commands` hook."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+import lmforge
+from lmforge.errors import LmforgeError, PluginError
+from lmforge.host.manager import PluginHost, load_plugins
+
+console = Console()
+err_console = Console(stderr=True)
+
+set_option = click.option(
+    "--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+    help="Override a config value, e.g. --set data.split.val=0.1 (repeatable; YAML values).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(lmforge.__version__, "--version", prog_name="lmforge")
+def cli() -> None:
+    """Train, evaluate, export and serve your own language models."""
+
+
+@cli.group()
+def plugins() -> None:
+    """List installed plugins and the components they provide."""
+
+
+@plugins.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def plugins_list(host: PluginHost, as_json: bool) -> None:
+    """Every plugin, built-in or installed, with its distribution, version and components."""
+    if not as_json:
+        from lmforge.cli.render import plugins_table
+
+        console.print(plugins_table(host))
+        return
+    listing = {
+        "plugins": [{"name": p.name, "distribution": p.distribution, "version": p.version,
+                     "builtin": p.builtin, "module": p.module,
+                     "components": [{"kind": e.kind, "name": e.name}
+                                    for e in host.registry.entries()
+                                    if e.provider.plugin == p.name]}
+                    for p in host.plugins],
+        "failed": [{"name": f.name, "distribution": f.distribution, "version": f.version,
+                    "entry_point": f.entry_point, "stage": f.stage, "error": f.error}
+                   for f in host.failures],
+    }
+    click.echo(json.dumps(listing, indent=2))
+
+
+@plugins.command("show")
+@click.argument("name")
+@click.pass_obj
+def plugins_show(host: PluginHost, name: str) -> None:
+    """A component's docstring, settings (types and defaults) and the plugin that provides it."""
+    from lmforge.cli.render import component_view
+
+    registry = host.registry
+    entries = registry.find(name)
+    if not entries:
+        names = ", ".join(sorted({e.name for e in registry.entries()}))
+        raise LmforgeError(f"no component named {name!r}; components: {names}")
+    for entry in entries:
+        component_view(console, entry)
+
+
+@cli.group()
+def config() -> None:
+    """Check and show configs."""
+
+
+@config.command("validate")
+@click.argument("file", type=click.Path(dir_okay=False))
+@set_option
+@click.pass_obj
+def config_validate(host: PluginHost, file: str, overrides: tuple[str, ...]) -> None:
+    """Resolve every component and validate every setting, building nothing."""
+    from lmforge.config import load_config
+
+    resolved = load_config(file, host.registry, overrides)
+    sections = ", ".join(resolved.to_dict())
+    console.print(f"[green]ok[/green]: {file} is valid (run {resolved.name!r}; {sections})")
+
+
+@config.command("show")
+@click.argument("file", type=click.Path(dir_okay=False))
+@set_option
+@click.pass_obj
+def config_show(host: PluginHost, file: str, overrides: tuple[str, ...]) -> None:
+    """Print the resolved config with every default filled in."""
+    from lmforge.config import load_config
+
+    click.echo(load_config(file, host.registry, overrides).to_yaml(), nl=False)
+
+
+@cli.group()
+def data() -> None:
+    """The data stage."""
+
+
+@data.command("prepare")
+@click.argument("file", type=click.Path(dir_okay=False))
+@set_option
+@click.option("--force", is_flag=True, help="Prepare again even when a complete cache exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_obj
+def data_prepare(host: PluginHost, file: str, overrides: tuple[str, ...], force: bool,
+                 as_json: bool) -> None:
+    """Stream the corpus through cleaning, dedup and the split; print and save a data report."""
+    from lmforge.cli.render import data_report_view
+    from lmforge.config import load_config
+    from lmforge.data.prepare import prepare_data
+
+    resolved = load_config(file, host.registry, overrides)
+    with Progress(TextColumn("preparing {task.description}"), BarColumn(),
+                  TextColumn("{task.fields[records]:,} records, {task.fields[mb]:.1f} MB"),
+                  TimeElapsedColumn(), console=err_console, transient=True,
+                  disable=as_json) as progress:
+        task = progress.add_task(resolved.name, total=None, records=0, mb=0.0)
+        def report_progress(records: int, size: int) -> None:
+            progress.update(task, records=records, mb=size / 1e6)
+
+        prepared = prepare_data(resolved, force=force, progress=report_progress)
+    if as_json:
+        click.echo(json.dumps(prepared.report, indent=2))
+        return
+    if prepared.cached:
+        console.print(f"[cyan]cached[/cyan]: the data is unchanged; reusing {prepared.folder} "
+                      f"(--force prepares again)")
+    data_report_view(console, prepared.report)
+    console.print(f"report: {prepared.folder / 'report.json'}")
+
+
+@cli.command("run")
+@click.argument("file", type=click.Path(dir_okay=False))
+@set_option
+@click.option("--resume", is_flag=True,
+              help="Continue from the latest complete checkpoint of this run.")
+@click.pass_obj
+def run_command(host: PluginHost, file: str, overrides: tuple[str, ...], resume: bool) -> None:
+    """Data -> tokenizer -> train -> eval -> samples; stages whose output is valid are skipped."""
+    from lmforge.run.pipeline import run
+
+    run(file, host.registry, overrides, resume=resume, console=console)
+
+
+@cli.command("eval")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--split", type=click.Choice(["val", "test", "train"]), default="val",
+              show_default=True, help="The prepared split to score.")
+@click.option("--data", "data_file", type=click.Path(dir_okay=False),
+              help="Score a file instead of a split: a text file for a language model; for a "
+                   "classifier a labelled .csv/.tsv/.jsonl (optionally .gz) read with the run's "
+                   "data-source settings.")
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def eval_command(host: PluginHost, run_dir: str, split: str, data_file: str | None, batch_size: int,
+                 as_json: bool) -> None:
+    """Score a trained run (loss, perplexity and bits per byte; or accuracy, precision, recall
+    and F1), adding the figures to RUN/eval.json."""
+    from lmforge.run.evaluate import evaluate_command
+
+    results = evaluate_command(run_dir, host.registry, split=split, data_file=data_file,
+                               batch_size=batch_size,
+                               console=None if as_json else console)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+
+
+@cli.command("predict")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--text", "texts", multiple=True,
+              help="A text to classify (repeatable); without --text or --file, one text per "
+                   "line of standard input.")
+@click.option("--file", "data_file", type=click.Path(dir_okay=False),
+              help="Classify every record of a data file (read with the run's source settings).")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per text.")
+@click.pass_obj
+def predict_command(host: PluginHost, run_dir: str, texts: tuple[str, ...], data_file: str | None,
+                    batch_size: int, as_json: bool) -> None:
+    """The label of each text, with every label's probability, from a trained classifier."""
+    from lmforge.run.predict import predict_texts
+
+    predictions = predict_texts(run_dir, host.registry, texts, data_file, batch_size,
+                                stdin=None if texts or data_file else sys.stdin)
+    if as_json:
+        for prediction in predictions:
+            click.echo(json.dumps(prediction))
+        return
+    from lmforge.cli.render import predictions_table
+
+    console.print(predictions_table(predictions))
+
+
+@cli.command("generate")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--prompt", default="", help="Text to continue.")
+@click.option("--max-new-tokens", type=int, default=200, show_default=True)
+@click.option("--temperature", type=float, default=0.8, show_default=True,
+              help="0 is greedy decoding.")
+@click.option("--top-k", type=int, default=None, help="Sample among the k likeliest tokens.")
+@click.option("--top-p", type=float, default=None, help="Nucleus sampling threshold.")
+@click.option("--repetition-penalty", type=float, default=1.0, show_default=True)
+@click.option("--stop", "stop_strings", multiple=True, help="Stop at this text (repeatable).")
+@click.option("--seed", type=int, default=None, help="Seed for repeatable samples.")
+@click.pass_obj
+def generate_command(host: PluginHost, run_dir: str, prompt: str, max_new_tokens: int,
+                     temperature: float,
+                     top_k: int | None, top_p: float | None, repetition_penalty: float,
+                     stop_strings: tuple[str, ...], seed: int | None) -> None:
+    """Continue a prompt with a trained language model, streaming the text as it comes."""
+    from lmforge.interfaces.model import LanguageModel
+    from lmforge.run.generate import generate_text
+    from lmforge.run.pipeline import load_run
+
+    loaded = load_run(run_dir, host.registry, with_data=False)
+    if not isinstance(loaded.model, LanguageModel):
+        raise LmforgeError(f"{run_dir} holds a {loaded.config.components['task'].entry.name} "
+                           f"model, which does not generate text; use `lmforge predict`")
+    click.echo(prompt, nl=False)
+    for piece in generate_text(loaded.model, loaded.tokenizer, prompt,
+                               max_new_tokens=max_new_tokens, temperature=temperature,
+                               top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+                               seed=seed, stop_strings=list(stop_strings)):
+        click.echo(piece, nl=False)
+    click.echo()
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def doctor(host: PluginHost, as_json: bool) -> None:
+    """Python, torch, threads, CPU features, kernels, onnxruntime and plugin health."""
+    from lmforge.cli.doctor import diagnose
+    from lmforge.cli.render import doctor_view
+
+    findings = diagnose(host)
+    if as_json:
+        click.echo(json.dumps(findings, indent=2))
+    else:
+        doctor_view(console, findings)
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings as one line for people, without the source location meant for developers."""
+    return f"{message}\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: user errors print one clear message and exit 2."""
+    warnings.formatwarning = _one_line_warning
+    try:
+        host = load_plugins(cli=cli)
+    except PluginError as exc:
+        err_console.print(f"lmforge: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(3)
+    host.warn_failures()
+    try:
+        cli.main(args=argv, prog_name="lmforge", standalone_mode=False, obj=host)
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except LmforgeError as exc:
+        err_console.print(f"lmforge: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)

@@ -1,0 +1,1 @@
+"""The data stage: preparing, splitting and tokenizing a corpus, with its caches."""

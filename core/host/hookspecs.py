@@ -1,0 +1,73 @@
+"""The hooks a plugin may implement; each registration hook receives a `register` callback."""
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("lmforge")
+
+# Every registration hook is called once, when the registry is built, with a callback
+# `register(name, component, *, settings=None)`. `component` is a class whose constructor takes
+# one validated settings object; `settings` (default: the class's `Settings` attribute) is a
+# pydantic model declaring every setting with its type and default. The core records which plugin
+# and distribution registered each name and rejects a name registered twice.
+
+
+@hookspec
+def register_data_sources(register):
+    """Register data sources: classes that stream records `{"text", "label"?, "source"}`."""
+
+
+@hookspec
+def register_preprocessors(register):
+    """Register preprocessors: record stream -> record stream (normalize, clean, filter, dedup)."""
+
+
+@hookspec
+def register_tokenizers(register):
+    """Register tokenizers: trained on texts, encode and decode, saved to one file."""
+
+
+@hookspec
+def register_models(register):
+    """Register models: factories of `torch.nn.Module` for the tasks they support."""
+
+
+@hookspec
+def register_tasks(register):
+    """Register tasks (`lm`, `classify`, ...): batches, loss, metrics, prediction."""
+
+
+@hookspec
+def register_trainers(register):
+    """Register trainers: fit a model on a task, write the run directory, resume exactly."""
+
+
+@hookspec
+def register_exporters(register):
+    """Register exporters: turn a run into a deployable bundle and prove it matches the run."""
+
+
+@hookspec
+def register_servers(register):
+    """Register servers: serve an exported bundle over HTTP."""
+
+
+@hookspec
+def register_metrics(register):
+    """Register streaming metrics (update/compute)."""
+
+
+@hookspec
+def register_callbacks(register):
+    """Register training-loop callbacks; loggers are callbacks."""
+
+
+@hookspec
+def register_config_sections(register):
+    """Register top-level config sections a plugin's commands read (e.g. `sweep`):
+    `register(name, settings_class)`. `lmforge config validate` checks them; they stay out of
+    the run's config hash, since training never reads them."""
+
+
+@hookspec
+def register_commands(cli):
+    """Add subcommands to the `lmforge` command; `cli` is the root `click.Group`."""

@@ -1,0 +1,115 @@
+"""Components by kind and name, each with the plugin and distribution that provided it."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+from lmforge.errors import RegistryError
+from lmforge.settings import NoSettings, Settings
+
+# kind -> the registration hook that fills it
+KINDS = {
+    "data_source": "register_data_sources",
+    "preprocessor": "register_preprocessors",
+    "tokenizer": "register_tokenizers",
+    "model": "register_models",
+    "task": "register_tasks",
+    "trainer": "register_trainers",
+    "exporter": "register_exporters",
+    "server": "register_servers",
+    "metric": "register_metrics",
+    "callback": "register_callbacks",
+    "config_section": "register_config_sections",
+}
+
+
+@dataclass(frozen=True)
+class Provider:
+    """Where a component came from."""
+
+    plugin: str
+    distribution: str
+    version: str
+    builtin: bool
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered component."""
+
+    kind: str
+    name: str
+    component: Any
+    settings: type[Settings]
+    provider: Provider
+
+    @property
+    def doc(self) -> str:
+        return inspect.getdoc(self.component) or ""
+
+    def create(self, settings: Settings | dict | None = None) -> Any:
+        """Build the component from validated settings (or a dict to validate)."""
+        if not isinstance(settings, Settings):
+            settings = self.settings.model_validate(settings or {})
+        instance = self.component(settings)
+        instance.registered_name = self.name  # e.g. what a saved tokenizer file records
+        return instance
+
+
+class Registry:
+    """All registered components, looked up by kind and name."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+
+    def add(self, kind: str, name: str, component: Any, settings: type[Settings] | None,
+            provider: Provider) -> Entry:
+        if kind not in self._entries:
+            raise RegistryError(f"unknown component kind {kind!r}; kinds: {', '.join(KINDS)}")
+        if not isinstance(name, str) or not name:
+            raise RegistryError(f"plugin {provider.plugin!r} registered a {kind} with an "
+                                f"invalid name {name!r}: names are non-empty strings")
+        existing = self._entries[kind].get(name)
+        if existing is not None:
+            raise RegistryError(
+                f"{kind} {name!r} is registered twice: by plugin {existing.provider.plugin!r} "
+                f"({existing.provider.distribution} {existing.provider.version}) and by plugin "
+                f"{provider.plugin!r} ({provider.distribution} {provider.version}); "
+                f"disable one with LMFORGE_DISABLE_PLUGINS")
+        if kind == "config_section":
+            settings = component  # a config section is its own settings schema
+        settings = settings or getattr(component, "Settings", None) or NoSettings
+        if not (isinstance(settings, type) and issubclass(settings, Settings)):
+            raise RegistryError(f"{kind} {name!r} from plugin {provider.plugin!r}: settings must "
+                                f"be a subclass of lmforge.settings.Settings, got {settings!r}")
+        entry = Entry(kind, name, component, settings, provider)
+        self._entries[kind][name] = entry
+        return entry
+
+    def remove_plugin(self, plugin: str) -> None:
+        """Forget everything one plugin registered (used when its registration fails midway)."""
+        for by_name in self._entries.values():
+            for name in [n for n, e in by_name.items() if e.provider.plugin == plugin]:
+                del by_name[name]
+
+    def get(self, kind: str, name: str) -> Entry:
+        by_name = self._entries.get(kind)
+        if by_name is None:
+            raise RegistryError(f"unknown component kind {kind!r}; kinds: {', '.join(KINDS)}")
+        if name not in by_name:
+            available = ", ".join(sorted(by_name)) or "none (no plugin provides one)"
+            kind_name = kind.replace("_", " ")
+            raise RegistryError(f"unknown {kind_name} {name!r}; available: {available}")
+        return by_name[name]
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._entries[kind])
+
+    def find(self, name: str) -> list[Entry]:
+        """Every component called `name`, whatever its kind."""
+        return [by_name[name] for by_name in self._entries.values() if name in by_name]
+
+    def entries(self) -> list[Entry]:
+        return [e for kind in KINDS for _, e in sorted(self._entries[kind].items())]

@@ -1,0 +1,1 @@
+"""The component interfaces every plugin implements: data, tokenizer, model, task, trainer."""

@@ -1,0 +1,41 @@
+"""The trainer interface: fit a model on a task into the run directory, resuming exactly."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from lmforge.interfaces.task import Task
+from lmforge.settings import NoSettings, Settings
+
+
+@dataclass
+class TrainContext:
+    """Everything a trainer needs for one run."""
+
+    run_dir: Path
+    model: nn.Module
+    task: Task
+    seed: int
+    config_hash: str  # checkpoints record it; resuming with another config is refused
+    tokenizer_hash: str
+    resume: bool = False
+    model_info: dict[str, Any] = field(default_factory=dict)  # name, parameters, FLOPs/token
+    kernels: str = "reference"  # the active kernels backend, logged with the metrics
+
+
+class Trainer(ABC):
+    """Fits `context.model` on `context.task`, writing checkpoints and metrics under run_dir."""
+
+    Settings = NoSettings
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    @abstractmethod
+    def fit(self, context: TrainContext) -> dict[str, Any]:
+        """Train (resuming from the latest complete checkpoint when asked); return a summary."""

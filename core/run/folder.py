@@ -1,0 +1,67 @@
+"""The run folder: the files every trainer writes, and that eval, predict and plugins read.
+
+    runs/NAME/config.yaml        the resolved config (the pipeline writes it)
+    runs/NAME/model_spec.json    what the model was built from (the pipeline)
+    runs/NAME/tokenizer.json     the trained tokenizer (the pipeline)
+    runs/NAME/checkpoints/step-N/  weights, trainer state and meta (a trainer, through
+                                 lmforge.run.checkpoint); `load_run` takes the latest complete one
+    runs/NAME/metrics.jsonl      one JSON object per event, written by a trainer through
+                                 `MetricsLog`: {"event": "run" | "train" | "eval", "step": N, ...};
+                                 "eval" events carry "val_loss", which the search prunes on
+    runs/NAME/eval.json          figures per split or data file (the pipeline and `lmforge eval`)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lmforge.atomic import atomic_write_text
+
+CONFIG_FILE = "config.yaml"
+SPEC_FILE = "model_spec.json"
+TOKENIZER_FILE = "tokenizer.json"
+METRICS_FILE = "metrics.jsonl"
+EVAL_FILE = "eval.json"
+
+
+class MetricsLog:
+    """metrics.jsonl: keeps the lines up to the resumed step, then appends one per event."""
+
+    def __init__(self, path: Path, keep_through: int | None) -> None:
+        self.path = path
+        self.records = [] if keep_through is None else [
+            r for r in read_jsonl(path) if r.get("step", 0) <= keep_through]
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in self.records))
+        self._handle = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        self._handle.write(json.dumps(record) + "\n")
+        self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def last(self, event: str) -> dict[str, Any] | None:
+        return next((r for r in reversed(self.records) if r.get("event") == event), None)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file; a line cut short by a killed writer is skipped."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue  # the last line of a process killed mid-write
+    return [r for r in records if isinstance(r, dict)]
+
+
+def read_metrics(run_dir: Path, event: str | None = None) -> list[dict[str, Any]]:
+    """The events a run's trainer logged so far, oldest first; only `event` ones if given."""
+    records = read_jsonl(Path(run_dir) / METRICS_FILE)
+    return [r for r in records if event is None or r.get("event") == event]

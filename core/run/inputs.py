@@ -1,0 +1,62 @@
+"""Texts given to a trained run from outside its prepared data, read and cleaned as in training."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from lmforge.config import RunConfig
+from lmforge.errors import LmforgeError
+from lmforge.host.registry import Registry
+from lmforge.interfaces.data import Record
+
+SOURCE_BY_SUFFIX = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".txt": "text"}
+
+
+def read_file_records(config: RunConfig, path: Path, registry: Registry) -> list[Record]:
+    """The records of `path`, read with the run's own data-source settings where they apply.
+
+    The source type follows the file name (.csv, .tsv, .jsonl, .txt, each optionally .gz) and
+    is the run's own for other names. Of the run's source settings, a file of the same type
+    takes them all; a file of another type takes those the run set away from their defaults and
+    its own type has (text and label columns, label thresholds, ...), not format defaults such
+    as the TSV delimiter. So a held-out file in the training format needs no options.
+    The records go through the run's text-rewriting preprocessors.
+    """
+    if not path.is_file():
+        raise LmforgeError(f"{path}: no such file")
+    if config.data is None:
+        raise LmforgeError(f"the run's config has no data section to read {path} with")
+    run_source = config.data.source
+    suffix = Path(path.name.removesuffix(".gz")).suffix.lower()
+    entry = registry.get("data_source", SOURCE_BY_SUFFIX.get(suffix,
+                                                                        run_source.entry.name))
+    inherited = {key: value for key, value in run_source.settings.model_dump().items()
+                 if key != "paths" and key in entry.settings.model_fields
+                 and (entry is run_source.entry or _customized(run_source.entry, key, value))}
+    source = entry.create({**inherited, "paths": [str(path)]})
+    return preprocess_for_inference(config, source.records())
+
+
+def _customized(entry, key: str, value) -> bool:
+    """Whether a source setting differs from its default for that source type."""
+    field = entry.settings.model_fields[key]
+    return value != field.get_default(call_default_factory=True)
+
+
+def preprocess_for_inference(config: RunConfig, records: Iterable[Record]) -> list[Record]:
+    """Records through the run's preprocessors that rewrite text (`at_inference`); a text that
+    such a step would drop (e.g. left empty) is kept as it was, since every input needs an
+    answer."""
+    preprocess = config.data.preprocess if config.data is not None else []
+    steps = [c.create() for c in preprocess if getattr(c.entry.component, "at_inference", False)]
+    processed = []
+    for record in records:
+        for step in steps:
+            record = step.process(record) or record
+        processed.append(record)
+    return processed
+
+
+def texts_as_records(texts: Iterable[str]) -> list[Record]:
+    return [{"text": text, "source": f"<input {i + 1}>"} for i, text in enumerate(texts)]

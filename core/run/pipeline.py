@@ -1,0 +1,268 @@
+"""`lmforge run`: data -> tokenizer -> train -> eval -> samples, skipping stages still valid."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from lmforge.atomic import atomic_write_text
+from lmforge.config import Component, RunConfig, load_config
+from lmforge.data.prepare import PreparedData, prepare_data
+from lmforge.errors import LmforgeError
+from lmforge.host.registry import Registry
+from lmforge.interfaces.model import LanguageModel, ModelSpec
+from lmforge.interfaces.task import Task, TaskData
+from lmforge.interfaces.tokenizer import Tokenizer, file_hash, load_tokenizer
+from lmforge.run.checkpoint import complete_checkpoints, load_model_weights, read_meta
+from lmforge.run.folder import CONFIG_FILE, EVAL_FILE, SPEC_FILE, TOKENIZER_FILE
+
+# Settings that change how a run is watched or paced, not what it computes: a run may resume
+# with other values for these.
+RESUME_SAFE = {
+    ("name",), ("runs_dir",), ("sample",),
+    ("trainer", "max_time"), ("trainer", "checkpoint_every"), ("trainer", "keep_last"),
+    ("trainer", "log_every"), ("trainer", "threads"), ("trainer", "device"),
+}
+DEFAULT_SECTIONS = {"task": "lm", "trainer": "standard"}
+
+
+def config_hash(config: RunConfig) -> str:
+    """A hash of every setting that decides what training computes."""
+    resolved = config.to_dict()
+    for section in config.sections:
+        resolved.pop(section)
+    for path in RESUME_SAFE:
+        node = resolved
+        for key in path[:-1]:
+            node = node.get(key, {})
+        node.pop(path[-1], None)
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def with_defaults(config: RunConfig, registry: Registry) -> RunConfig:
+    """Fill in the task and trainer a language-model run uses when the config names none."""
+    for section, name in DEFAULT_SECTIONS.items():
+        if section not in config.components:
+            entry = registry.get(section, name)
+            config.components[section] = Component(section, entry, entry.settings())
+    for section in ("tokenizer", "model"):
+        if section not in config.components:
+            names = ", ".join(registry.names(section)) or "none installed"
+            raise LmforgeError(f"the config names no {section}: add a '{section}:' section with "
+                               f"a type ({names})")
+    if config.data is None:
+        raise LmforgeError("the config has no 'data' section: name a data source under "
+                           "data.source")
+    return config
+
+
+@dataclass
+class LoadedRun:
+    """A run's parts, built and ready: what `eval` and `generate` work with."""
+
+    config: RunConfig
+    tokenizer: Tokenizer
+    task: Task | None  # without data: set up for inference where the task supports it
+    model: torch.nn.Module
+    checkpoint: Path | None
+
+
+def train_tokenizer(config: RunConfig, prepared: PreparedData, console: Console,
+                    registry: Registry) -> Tokenizer:
+    """Train the tokenizer on the train split, or reuse the saved one if data and settings match."""
+    component = config.components["tokenizer"]
+    path = config.run_dir / TOKENIZER_FILE
+    key_path = config.run_dir / "tokenizer.key"
+    key = hashlib.sha256(json.dumps([prepared.report["cache"]["key"], component.to_dict()],
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    if path.exists() and key_path.exists() and key_path.read_text().strip() == key:
+        console.print(f"tokenizer: cached ({path})")
+        return load_tokenizer(path, registry)
+    if complete_checkpoints(config.run_dir):
+        raise LmforgeError(f"{config.run_dir} has checkpoints trained with another tokenizer or "
+                           f"data; retraining the tokenizer would orphan them: use another run "
+                           f"name, or delete {config.run_dir / 'checkpoints'} to start over")
+    tokenizer = component.create()
+    tokenizer.train(record["text"] for record in prepared.records("train"))
+    tokenizer.save(path)
+    atomic_write_text(key_path, key + "\n")
+    console.print(f"tokenizer: trained {component.entry.name}, {tokenizer.vocab_size:,} tokens "
+                  f"-> {path}")
+    return tokenizer
+
+
+def build_parts(config: RunConfig, prepared: PreparedData, tokenizer: Tokenizer
+                ) -> tuple[Task, torch.nn.Module, Any]:
+    """Set up the task on the tokenized data and build the model it specifies."""
+    model_factory = config.components["model"].create()
+    task = config.components["task"].create()
+    task_name = config.components["task"].entry.name
+    if model_factory.tasks and task_name not in model_factory.tasks:
+        raise LmforgeError(f"model {config.components['model'].entry.name!r} does not support "
+                           f"task {task_name!r}; it supports {', '.join(model_factory.tasks)}")
+    tokenizer_path = config.run_dir / TOKENIZER_FILE
+    data = TaskData(prepared, tokenizer, file_hash(tokenizer_path), config.run_dir / "data")
+    task.setup(data, model_factory.context_length())
+    spec = task.model_spec()
+    torch.manual_seed(config.seed)
+    model = model_factory.build(spec)
+    # what the model was built from, so inference rebuilds it without the training data
+    atomic_write_text(config.run_dir / SPEC_FILE, json.dumps(dataclasses.asdict(spec), indent=2))
+    return task, model, data
+
+
+def run(config_path: str, registry: Registry, overrides: tuple[str, ...] = (), *,
+        resume: bool = False, console: Console | None = None) -> dict[str, Any]:
+    """Run every stage of a config; return what each stage produced."""
+    from lmforge.interfaces.trainer import TrainContext
+
+    console = console or Console()
+    config = with_defaults(load_config(config_path, registry, overrides), registry)
+    run_dir = config.run_dir
+    digest = config_hash(config)
+    finished = _finished_checkpoint(run_dir, digest, resume)
+
+    prepared = prepare_data(config)
+    console.print(f"data: {'cached' if prepared.cached else 'prepared'} ({prepared.folder})")
+    tokenizer = train_tokenizer(config, prepared, console, registry)
+    task, model, data = build_parts(config, prepared, tokenizer)
+    atomic_write_text(run_dir / CONFIG_FILE, config.to_yaml())
+    info = {"model": config.components["model"].entry.name,
+            "parameters": model.num_parameters(), "flops_per_token": model.flops_per_token()}
+    console.print(f"model: {info['model']}, {info['parameters']:,} parameters, kernels "
+                  f"{getattr(model, 'kernels_backend', 'reference')}")
+
+    if finished is not None:
+        console.print(f"train: cached (this config finished training at {finished.name})")
+        load_model_weights(finished, model)
+        summary = read_meta(finished).get("summary", {})
+    else:
+        trainer = config.components["trainer"].create()
+        summary = trainer.fit(TrainContext(
+            run_dir=run_dir, model=model, task=task, seed=config.seed, config_hash=digest,
+            tokenizer_hash=data.tokenizer_hash, resume=resume, model_info=info,
+            kernels=getattr(model, "kernels_backend", "reference")))
+        if summary.get("interrupted"):
+            console.print("interrupted: the checkpoint is saved; --resume continues")
+            return {"train": summary}
+    checkpoint = finished.name if finished is not None else Path(summary["checkpoint"]).name
+    results = {"train": summary, "eval": evaluate_run(config, task, model, console, checkpoint)}
+    if isinstance(model, LanguageModel):
+        results["samples"] = write_samples(config, model, tokenizer, console)
+    return results
+
+
+def _finished_checkpoint(run_dir: Path, digest: str, resume: bool) -> Path | None:
+    """The final checkpoint of a finished run of this same config, which makes training a no-op."""
+    checkpoints = complete_checkpoints(run_dir)
+    if not checkpoints or resume:
+        return None
+    meta = read_meta(checkpoints[-1])
+    if meta.get("config_hash") == digest and meta.get("final"):
+        return checkpoints[-1]
+    return None
+
+
+def evaluate_run(config: RunConfig, task: Task, model: torch.nn.Module, console: Console,
+                 checkpoint: str, splits: tuple[str, ...] = ("val", "test")) -> dict[str, Any]:
+    """Score the model (the weights of `checkpoint`) on whole splits and write eval.json.
+
+    Figures already in eval.json for the same checkpoint (`lmforge eval --data` files) stay;
+    those of other checkpoints are dropped, since they describe weights that are gone.
+    """
+    batch_size = getattr(config.components["trainer"].settings, "batch_size", 16)
+    results = {}
+    for split in splits:
+        try:
+            results[split] = {**task.evaluate(model, split, batch_size), "checkpoint": checkpoint}
+        except LmforgeError as exc:
+            console.print(f"eval {split}: skipped ({exc})")
+            continue
+        print_figures(console, split, results[split])
+    path = config.run_dir / EVAL_FILE
+    earlier = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    kept = {key: figures for key, figures in earlier.items()
+            if isinstance(figures, dict) and figures.get("checkpoint") == checkpoint}
+    atomic_write_text(path, json.dumps({**kept, **results}, indent=2))
+    report(task, config.run_dir, results, console)
+    return results
+
+
+def print_figures(console: Console, split: str, figures: dict[str, Any]) -> None:
+    """One line of a split's scalar figures (tables and matrices are the task's report)."""
+    console.print(f"eval {split}: " + ", ".join(
+        f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v:,}" for k, v in figures.items()
+        if isinstance(v, (int, float))))
+
+
+def report(task: Task, run_dir: Path, results: dict[str, Any], console: Console) -> None:
+    """The task's own report of evaluation results (tables, plots), when it has one."""
+    write_report = getattr(task, "write_report", None)
+    if write_report is not None:
+        write_report(run_dir, results, console)
+
+
+def write_samples(config: RunConfig, model: torch.nn.Module, tokenizer: Tokenizer,
+                  console: Console) -> list[str]:
+    from lmforge.run.generate import generate_text
+
+    sample = config.sample
+    texts = []
+    for prompt in sample.prompts:
+        pieces = generate_text(model, tokenizer, prompt, max_new_tokens=sample.max_new_tokens,
+                               temperature=sample.temperature, top_k=sample.top_k,
+                               top_p=sample.top_p, repetition_penalty=sample.repetition_penalty,
+                               seed=sample.seed)
+        text = prompt + "".join(pieces)
+        texts.append(text)
+        console.rule(f"sample (prompt {prompt!r})")
+        console.print(text, markup=False, highlight=False)
+    atomic_write_text(config.run_dir / "samples.txt", "\n\n---\n\n".join(texts) + "\n")
+    return texts
+
+
+def load_run(run_dir: Path, registry: Registry, *, with_data: bool = True) -> LoadedRun:
+    """Rebuild a trained run from its folder: config, tokenizer, model and weights, and, with
+    `with_data`, the task set up on its prepared data (what evaluation needs; generation does
+    not, so it works where the training data is gone)."""
+    run_dir = Path(run_dir)
+    config_file = run_dir / CONFIG_FILE
+    if not config_file.exists():
+        raise LmforgeError(f"{run_dir}: not a run folder (no config.yaml); give the folder "
+                           f"`lmforge run` wrote, e.g. runs/NAME")
+    config = with_defaults(load_config(config_file, registry), registry)
+    # the folder may have moved since it was written: its own location wins
+    config.runs_dir, config.name = run_dir.parent, run_dir.name
+    checkpoints = complete_checkpoints(run_dir)
+    if not checkpoints:
+        raise LmforgeError(f"{run_dir}: no complete checkpoint to load; train it with "
+                           f"`lmforge run`")
+    tokenizer = load_tokenizer(run_dir / TOKENIZER_FILE, registry)
+    if with_data:
+        task, model, _ = build_parts(config, prepare_data(config), tokenizer)
+    else:
+        spec = ModelSpec(**json.loads((run_dir / SPEC_FILE).read_text(encoding="utf-8")))
+        factory = config.components["model"].create()
+        model = factory.build(spec)
+        task = _inference_task(config, tokenizer, spec, factory.context_length())
+    load_model_weights(checkpoints[-1], model)
+    model.eval()
+    return LoadedRun(config, tokenizer, task, model, checkpoints[-1])
+
+
+def _inference_task(config: RunConfig, tokenizer: Tokenizer, spec: ModelSpec,
+                    context_length: int | None) -> Task | None:
+    """The run's task set up for prediction without training data, if it can be."""
+    task = config.components["task"].create()
+    prepare_inference = getattr(task, "prepare_inference", None)
+    if prepare_inference is None:
+        return None
+    prepare_inference(tokenizer, spec.labels or (), context_length)
+    return task

@@ -1,0 +1,1 @@
+"""Built-in models: gpt, lstm, textcnn and transformer."""

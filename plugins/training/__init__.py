@@ -1,0 +1,1 @@
+"""The built-in `standard` trainer and what it writes as it runs."""
