@@ -25,6 +25,9 @@ COMPONENT_SECTIONS = {
     "export": "exporter",
     "serve": "server",
 }
+# What a section names when the config leaves it out: the schema's defaults, shown filled in
+# by `lmforge config show` like every other default.
+DEFAULT_COMPONENTS = {"task": "lm", "trainer": "standard"}
 RUN_KEYS = ("name", "runs_dir", "seed")
 # Core sections; plugins add more through `register_config_sections` (e.g. `sweep`).
 CORE_SECTIONS = (*RUN_KEYS, "data", *COMPONENT_SECTIONS, "sample")
@@ -311,8 +314,9 @@ def resolve(raw: dict[str, Any], registry: Registry, *, origin: str = "<config>"
     data = resolver.data(raw["data"]) if "data" in raw else None
     components = {}
     for section, kind in COMPONENT_SECTIONS.items():
-        if section in raw:
-            components[section] = resolver.component(kind, raw[section], (section,))
+        if section in raw or section in DEFAULT_COMPONENTS:
+            value = raw[section] if section in raw else DEFAULT_COMPONENTS[section]
+            components[section] = resolver.component(kind, value, (section,))
     sample = resolver.settings(SampleSettings, raw.get("sample") or {}, ("sample",))
     sections = {key: resolver.settings(registry.get("config_section", key).settings,
                                        raw[key] or {}, (key,))

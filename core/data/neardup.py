@@ -37,10 +37,11 @@ class NearDuplicateIndex:
 
     A text's shingles are the runs of `shingle_size` consecutive words of its normalized form
     (`lmforge.data.textkey.text_key`: NFKC, case-folded, whitespace collapsed); a text with
-    fewer words is a single shingle. `signature(text)` sketches them into a MinHash of `num_perm` values;
-    `query(signature)` returns the keys of indexed texts whose estimated Jaccard similarity is at
-    least `threshold`, and `insert(key, signature)` adds one. Signatures made with the same
-    `num_perm`, `shingle_size` and `seed` are comparable across indexes and runs.
+    fewer words is a single shingle. `signature(text)` sketches them into a MinHash of
+    `num_perm` values; `query(signature)` returns the keys of indexed texts whose estimated
+    Jaccard similarity is at least `threshold`, and `insert(key, signature)` adds one.
+    Signatures made with the same `num_perm`, `shingle_size` and `seed` are comparable across
+    indexes and runs.
 
     Typical use, keeping the first of each group of near duplicates:
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,43 @@ KINDS = {
     "callback": "register_callbacks",
     "config_section": "register_config_sections",
 }
+
+
+# kind -> the interface its components implement, as "module:class" (imported when a component
+# of that kind registers, so loading the host imports no interface it does not need)
+INTERFACES = {
+    "data_source": "lmforge.interfaces.data:DataSource",
+    "preprocessor": "lmforge.interfaces.data:Preprocessor",
+    "tokenizer": "lmforge.interfaces.tokenizer:Tokenizer",
+    "model": "lmforge.interfaces.model:Model",
+    "task": "lmforge.interfaces.task:Task",
+    "trainer": "lmforge.interfaces.trainer:Trainer",
+    "config_section": "lmforge.settings:Settings",
+}
+
+
+def interface(kind: str) -> type | None:
+    """The class every component of `kind` must subclass (None: not declared yet)."""
+    target = INTERFACES.get(kind)
+    if target is None:
+        return None
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def check_implements(kind: str, name: str, component: Any, plugin: str) -> None:
+    """Refuse a component that is not a concrete subclass of its kind's interface."""
+    base = interface(kind)
+    if base is None:
+        return
+    where = f"{kind.replace('_', ' ')} {name!r} from plugin {plugin!r}"
+    if not (isinstance(component, type) and issubclass(component, base)):
+        raise RegistryError(f"{where}: expected a subclass of {base.__module__}."
+                            f"{base.__qualname__}, got {component!r}")
+    missing = sorted(getattr(component, "__abstractmethods__", ()))
+    if missing:
+        raise RegistryError(f"{where}: {component.__qualname__} does not implement "
+                            f"{', '.join(missing)}, which {base.__qualname__} requires")
 
 
 @dataclass(frozen=True)
@@ -78,6 +116,7 @@ class Registry:
                 f"({existing.provider.distribution} {existing.provider.version}) and by plugin "
                 f"{provider.plugin!r} ({provider.distribution} {provider.version}); "
                 f"disable one with LMFORGE_DISABLE_PLUGINS")
+        check_implements(kind, name, component, provider.plugin)
         if kind == "config_section":
             settings = component  # a config section is its own settings schema
         settings = settings or getattr(component, "Settings", None) or NoSettings

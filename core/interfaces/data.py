@@ -33,9 +33,16 @@ class SourceSettings(Settings):
 
 
 class DataSource(ABC):
-    """Streams records; memory must not grow with the size of the corpus."""
+    """Streams records; memory must not grow with the size of the corpus.
+
+    `suffixes` are the file name endings the source reads (".csv"; a trailing ".gz" is implied
+    where the source decompresses): a file given to a trained run (`lmforge eval --data`,
+    `lmforge predict --file`) is read by the source that declares its suffix. A source that
+    reads no files declares none.
+    """
 
     Settings = SourceSettings
+    suffixes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, settings: SourceSettings):
         self.settings = settings
@@ -77,6 +84,7 @@ class Preprocessor(ABC):
         """Return the record (changed or not), or `self.drop(reason)` to remove it."""
 
     def drop(self, reason: str) -> None:
+        """Count a dropped record under `reason`; returns None, so `return self.drop(...)`."""
         self.dropped[reason] += 1
         return None
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import ABC, ABCMeta, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -33,16 +33,35 @@ class Model(ABC):
         self.settings = settings
 
     @abstractmethod
-    def build(self, spec: ModelSpec) -> nn.Module:
+    def build(self, spec: ModelSpec) -> Module:
         """A freshly initialized module (initialization uses the global torch RNG)."""
 
     def context_length(self) -> int | None:
-        """The longest sequence the built module accepts (None: no limit); by default the
-        `block_size` setting when the model has one. Tasks size their windows by it."""
-        return getattr(self.settings, "block_size", None)
+        """The longest sequence the built module accepts; None (the default) for no limit.
+        Tasks size their windows by it."""
+        return None
 
 
-class LanguageModel(nn.Module):
+class Module(nn.Module, metaclass=ABCMeta):
+    """Base of every module a model factory builds: what the pipeline and trainers ask of it.
+
+    `kernels_backend` is the kernels backend the module resolved at build time (see
+    `lmforge.ops`); the run logs it. Subclasses must implement every abstract method: building
+    one that does not fails with a TypeError naming them.
+    """
+
+    kernels_backend: str = "reference"
+
+    @abstractmethod
+    def flops_per_token(self) -> int:
+        """Forward FLOPs per token (training costs about 3x this); the trainer's MFU uses it."""
+
+    def num_parameters(self) -> int:
+        """Trainable parameters, each tied tensor counted once."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+class LanguageModel(Module):
     """Base of the modules the `lm` task trains and generates with.
 
     `forward(idx)` maps token ids (B, T) to next-token logits (B, T, V). Generation calls
@@ -62,12 +81,8 @@ class LanguageModel(nn.Module):
     def flops_per_token(self) -> int:
         """Forward FLOPs per token at full context (training costs about 3x this)."""
 
-    def num_parameters(self) -> int:
-        """Trainable parameters, each tied tensor counted once."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
-
-class SequenceClassifier(nn.Module):
+class SequenceClassifier(Module):
     """Base of the modules the `classify` task trains.
 
     `forward(idx, pad_mask)` maps token ids (B, T) and a padding mask (B, T), True where a
@@ -79,7 +94,3 @@ class SequenceClassifier(nn.Module):
     @abstractmethod
     def flops_per_token(self) -> int:
         """Forward FLOPs per real input token (training costs about 3x this)."""
-
-    def num_parameters(self) -> int:
-        """Trainable parameters, each tied tensor counted once."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)

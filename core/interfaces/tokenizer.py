@@ -63,20 +63,25 @@ class Tokenizer(ABC):
         """Restore what `get_state` returned."""
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text; override where the library encodes batches faster."""
         return [self.encode(text) for text in texts]
 
     def decode_batch(self, batch: Sequence[Sequence[int]]) -> list[str]:
+        """The text of each id sequence."""
         return [self.decode(ids) for ids in batch]
 
     @property
     def eos_id(self) -> int:
+        """The id that ends a document."""
         return self.special_tokens["eos"]
 
     @property
     def pad_id(self) -> int:
+        """The id that fills batches."""
         return self.special_tokens["pad"]
 
     def to_json(self) -> str:
+        """The one-file form `save` writes: format, type, settings and state."""
         document = {"format": FORMAT, "type": self.registered_name,
                     "settings": self.settings.model_dump(mode="json"),
                     "vocab_size": self.vocab_size, "special_tokens": self.special_tokens,

@@ -7,17 +7,16 @@ from pathlib import Path
 
 from lmforge.config import RunConfig
 from lmforge.errors import LmforgeError
-from lmforge.host.registry import Registry
+from lmforge.host.registry import Entry, Registry
 from lmforge.interfaces.data import Record
-
-SOURCE_BY_SUFFIX = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".txt": "text"}
 
 
 def read_file_records(config: RunConfig, path: Path, registry: Registry) -> list[Record]:
     """The records of `path`, read with the run's own data-source settings where they apply.
 
-    The source type follows the file name (.csv, .tsv, .jsonl, .txt, each optionally .gz) and
-    is the run's own for other names. Of the run's source settings, a file of the same type
+    The source is the one whose `suffixes` hold the file's (a trailing .gz aside): the run's own
+    type when it declares the suffix, else the one installed source that does; for other names,
+    the run's own type. Of the run's source settings, a file of the same type
     takes them all; a file of another type takes those the run set away from their defaults and
     its own type has (text and label columns, label thresholds, ...), not format defaults such
     as the TSV delimiter. So a held-out file in the training format needs no options.
@@ -28,14 +27,26 @@ def read_file_records(config: RunConfig, path: Path, registry: Registry) -> list
     if config.data is None:
         raise LmforgeError(f"the run's config has no data section to read {path} with")
     run_source = config.data.source
-    suffix = Path(path.name.removesuffix(".gz")).suffix.lower()
-    entry = registry.get("data_source", SOURCE_BY_SUFFIX.get(suffix,
-                                                                        run_source.entry.name))
+    entry = source_for(path, run_source.entry, registry)
     inherited = {key: value for key, value in run_source.settings.model_dump().items()
                  if key != "paths" and key in entry.settings.model_fields
                  and (entry is run_source.entry or _customized(run_source.entry, key, value))}
     source = entry.create({**inherited, "paths": [str(path)]})
     return preprocess_for_inference(config, source.records())
+
+
+def source_for(path: Path, run_entry: Entry, registry: Registry) -> Entry:
+    """The data source that reads `path`, chosen by the suffixes sources declare."""
+    suffix = Path(path.name.removesuffix(".gz")).suffix.lower()
+    if suffix in run_entry.component.suffixes:
+        return run_entry
+    claiming = [registry.get("data_source", name) for name in registry.names("data_source")]
+    claiming = [entry for entry in claiming if suffix in entry.component.suffixes]
+    if len(claiming) > 1:
+        names = ", ".join(entry.name for entry in claiming)
+        raise LmforgeError(f"{path}: sources {names} all read {suffix} files; convert the file "
+                           f"to the run's own format ({run_entry.name})")
+    return claiming[0] if claiming else run_entry
 
 
 def _customized(entry, key: str, value) -> bool:

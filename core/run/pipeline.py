@@ -13,11 +13,11 @@ import torch
 from rich.console import Console
 
 from lmforge.atomic import atomic_write_text
-from lmforge.config import Component, RunConfig, load_config
+from lmforge.config import RunConfig, load_config
 from lmforge.data.prepare import PreparedData, prepare_data
 from lmforge.errors import LmforgeError
 from lmforge.host.registry import Registry
-from lmforge.interfaces.model import LanguageModel, ModelSpec
+from lmforge.interfaces.model import LanguageModel, Model, ModelSpec, Module
 from lmforge.interfaces.task import Task, TaskData
 from lmforge.interfaces.tokenizer import Tokenizer, file_hash, load_tokenizer
 from lmforge.run.checkpoint import complete_checkpoints, load_model_weights, read_meta
@@ -30,7 +30,6 @@ RESUME_SAFE = {
     ("trainer", "max_time"), ("trainer", "checkpoint_every"), ("trainer", "keep_last"),
     ("trainer", "log_every"), ("trainer", "threads"), ("trainer", "device"),
 }
-DEFAULT_SECTIONS = {"task": "lm", "trainer": "standard"}
 
 
 def config_hash(config: RunConfig) -> str:
@@ -46,12 +45,8 @@ def config_hash(config: RunConfig) -> str:
     return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def with_defaults(config: RunConfig, registry: Registry) -> RunConfig:
-    """Fill in the task and trainer a language-model run uses when the config names none."""
-    for section, name in DEFAULT_SECTIONS.items():
-        if section not in config.components:
-            entry = registry.get(section, name)
-            config.components[section] = Component(section, entry, entry.settings())
+def runnable(config: RunConfig, registry: Registry) -> RunConfig:
+    """The config, once it is checked to name everything a run needs."""
     for section in ("tokenizer", "model"):
         if section not in config.components:
             names = ", ".join(registry.names(section)) or "none installed"
@@ -112,10 +107,21 @@ def build_parts(config: RunConfig, prepared: PreparedData, tokenizer: Tokenizer
     task.setup(data, model_factory.context_length())
     spec = task.model_spec()
     torch.manual_seed(config.seed)
-    model = model_factory.build(spec)
+    model = build_model(config, model_factory, spec)
     # what the model was built from, so inference rebuilds it without the training data
     atomic_write_text(config.run_dir / SPEC_FILE, json.dumps(dataclasses.asdict(spec), indent=2))
     return task, model, data
+
+
+def build_model(config: RunConfig, factory: Model, spec: ModelSpec) -> Module:
+    """The factory's module for `spec`, checked to be an lmforge Module."""
+    model = factory.build(spec)
+    if not isinstance(model, Module):
+        name = config.components["model"].entry.name
+        raise LmforgeError(f"model {name!r} built a {type(model).__name__}, which is not an "
+                           f"lmforge.interfaces.model.Module (LanguageModel or "
+                           f"SequenceClassifier): its plugin must build one")
+    return model
 
 
 def run(config_path: str, registry: Registry, overrides: tuple[str, ...] = (), *,
@@ -124,7 +130,7 @@ def run(config_path: str, registry: Registry, overrides: tuple[str, ...] = (), *
     from lmforge.interfaces.trainer import TrainContext
 
     console = console or Console()
-    config = with_defaults(load_config(config_path, registry, overrides), registry)
+    config = runnable(load_config(config_path, registry, overrides), registry)
     run_dir = config.run_dir
     digest = config_hash(config)
     finished = _finished_checkpoint(run_dir, digest, resume)
@@ -137,7 +143,7 @@ def run(config_path: str, registry: Registry, overrides: tuple[str, ...] = (), *
     info = {"model": config.components["model"].entry.name,
             "parameters": model.num_parameters(), "flops_per_token": model.flops_per_token()}
     console.print(f"model: {info['model']}, {info['parameters']:,} parameters, kernels "
-                  f"{getattr(model, 'kernels_backend', 'reference')}")
+                  f"{model.kernels_backend}")
 
     if finished is not None:
         console.print(f"train: cached (this config finished training at {finished.name})")
@@ -148,7 +154,7 @@ def run(config_path: str, registry: Registry, overrides: tuple[str, ...] = (), *
         summary = trainer.fit(TrainContext(
             run_dir=run_dir, model=model, task=task, seed=config.seed, config_hash=digest,
             tokenizer_hash=data.tokenizer_hash, resume=resume, model_info=info,
-            kernels=getattr(model, "kernels_backend", "reference")))
+            kernels=model.kernels_backend))
         if summary.get("interrupted"):
             console.print("interrupted: the checkpoint is saved; --resume continues")
             return {"train": summary}
@@ -237,7 +243,7 @@ def load_run(run_dir: Path, registry: Registry, *, with_data: bool = True) -> Lo
     if not config_file.exists():
         raise LmforgeError(f"{run_dir}: not a run folder (no config.yaml); give the folder "
                            f"`lmforge run` wrote, e.g. runs/NAME")
-    config = with_defaults(load_config(config_file, registry), registry)
+    config = runnable(load_config(config_file, registry), registry)
     # the folder may have moved since it was written: its own location wins
     config.runs_dir, config.name = run_dir.parent, run_dir.name
     checkpoints = complete_checkpoints(run_dir)
@@ -250,7 +256,7 @@ def load_run(run_dir: Path, registry: Registry, *, with_data: bool = True) -> Lo
     else:
         spec = ModelSpec(**json.loads((run_dir / SPEC_FILE).read_text(encoding="utf-8")))
         factory = config.components["model"].create()
-        model = factory.build(spec)
+        model = build_model(config, factory, spec)
         task = _inference_task(config, tokenizer, spec, factory.context_length())
     load_model_weights(checkpoints[-1], model)
     model.eval()

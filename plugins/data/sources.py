@@ -86,6 +86,8 @@ class TextSource(FileSource):
     lines are never documents. A bad line (invalid UTF-8, too long) spoils its whole document.
     """
 
+    suffixes = (".txt",)
+
     class Settings(FileSourceSettings):
         unit: Literal["file", "line", "paragraph"] = Field(
             "paragraph", description="what one document is: a whole file, one line, or a "
@@ -131,6 +133,8 @@ class JsonlSource(FileSource):
     Blank lines are skipped. A last line without a line ending that does not parse is reported
     as a truncated file.
     """
+
+    suffixes = (".jsonl",)
 
     class Settings(FileSourceSettings):
         text_field: str = Field("text", min_length=1,
@@ -225,6 +229,8 @@ class CsvSource(FileSource):
     at 0 are dropped and counted under `on_threshold` (not an error, even in strict mode).
     Quoted fields may span lines.
     """
+
+    suffixes = (".csv",)
 
     class Settings(FileSourceSettings):
         delimiter: str = Field(",", min_length=1, max_length=1,
@@ -345,6 +351,8 @@ class CsvSource(FileSource):
 
 class TsvSource(CsvSource):
     """Tab-separated files with a header row; the same settings as `csv`, tab-delimited."""
+
+    suffixes = (".tsv",)
 
     class Settings(CsvSource.Settings):
         delimiter: str = Field("\t", min_length=1, max_length=1,

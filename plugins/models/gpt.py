@@ -280,6 +280,9 @@ class Gpt(Model):
 
     tasks = ("lm", "classify")
 
+    def context_length(self) -> int:
+        return self.settings.block_size
+
     def build(self, spec: ModelSpec) -> GptModule | GptClassifier:
         if spec.task not in self.tasks:
             raise LmforgeError(f"gpt supports the tasks {', '.join(self.tasks)}; found task "
