@@ -43,12 +43,18 @@ def register_trainers(register):
 
 @hookspec
 def register_exporters(register):
-    """Register exporters: turn a run into a deployable bundle and prove it matches the run."""
+    """Register exporters: turn a run into a deployable bundle and prove it matches the run.
+
+    Reserved for the export stage: nothing calls exporters yet, so registering one has no effect.
+    """
 
 
 @hookspec
 def register_servers(register):
-    """Register servers: serve an exported bundle over HTTP."""
+    """Register servers: serve an exported bundle over HTTP.
+
+    Reserved for the serving stage: nothing calls servers yet, so registering one has no effect.
+    """
 
 
 @hookspec

@@ -60,7 +60,7 @@ def preprocess_for_inference(config: RunConfig, records: Iterable[Record]) -> li
     such a step would drop (e.g. left empty) is kept as it was, since every input needs an
     answer."""
     preprocess = config.data.preprocess if config.data is not None else []
-    steps = [c.create() for c in preprocess if getattr(c.entry.component, "at_inference", False)]
+    steps = [c.create() for c in preprocess if c.entry.component.at_inference]
     processed = []
     for record in records:
         for step in steps:
