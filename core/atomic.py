@@ -1,11 +1,19 @@
-"""Crash-safe writes: temporary file or folder, fsync, rename; nothing saved is half-written."""
+"""Crash-safe writes: files and folders are built aside and swapped in whole, never half-written."""
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import json
 import os
 import shutil
+import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+RENAME_EXCHANGE = 2  # linux/fs.h: swap two paths in one step
+AT_FDCWD = -100
 
 
 def fsync_dir(path: Path) -> None:
@@ -17,26 +25,100 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Replace `path` with `text` so a reader sees the old or the new content, never a mix."""
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; once the block has written it, it replaces `path`,
+    so a reader sees the old or the new file, never a mix. On error it is removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace `path` with `text` so a reader sees the old or the new content, never a mix."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def _manifest(folder: Path, marker: str) -> list[str]:
+    """Every file under `folder` but the marker and hidden temporaries, by relative path.
+    Names, not sizes: a file replaced whole (a checkpoint's meta.json updated through
+    `atomic_write_text`) keeps its folder complete."""
+    return sorted(item.relative_to(folder).as_posix() for item in folder.rglob("*")
+                  if item.is_file() and item.name != marker and not item.name.startswith("."))
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2); False where the system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EXDEV, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    """Put the complete folder `tmp` at `final`; the old `final` stays whole until then."""
+    if not final.exists():
+        os.replace(tmp, final)
+    elif _exchange(tmp, final):
+        shutil.rmtree(tmp)  # the old folder, now under the temporary name nobody reads
+    else:
+        # No atomic swap here: the old folder moves to a hidden name nobody reads, the new one
+        # takes its place; if that fails, the old one comes back.
+        aside = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, aside)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            os.replace(aside, final)
+            raise
+        shutil.rmtree(aside)
+    fsync_dir(final.parent)
+
+
+def _remove_stale(final: Path) -> None:
+    """Temporary folders for `final` left by processes that were killed."""
+    for leftover in final.parent.glob(f".{final.name}.*-*"):
+        pid = leftover.name.rpartition("-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextmanager
-def atomic_dir(final: Path, marker: str = "COMPLETE"):
-    """Yield a temporary folder; on success rename it to `final` and write `marker` inside last.
+def atomic_dir(final: Path, marker: str = "COMPLETE") -> Iterator[Path]:
+    """Yield a temporary folder; on success it replaces `final` in one step, carrying `marker`.
 
-    A folder without its marker is incomplete and must be ignored by readers. On error the
-    temporary folder is removed and whatever was at `final` before is left untouched.
+    The marker holds the manifest (each file's relative path), written last inside the
+    temporary folder; readers trust a folder only through `is_complete`. On error the temporary
+    folder is removed and whatever was at `final` before is left untouched.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(final)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -46,14 +128,28 @@ def atomic_dir(final: Path, marker: str = "COMPLETE"):
             if item.is_file():
                 with open(item, "rb+") as handle:
                     os.fsync(handle.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        fsync_dir(final.parent)
-        atomic_write_text(final / marker, "")
+        manifest = json.dumps({"files": _manifest(tmp, marker)}, indent=1, sort_keys=True)
+        with atomic_file(tmp / marker) as marker_tmp:
+            marker_tmp.write_text(manifest, encoding="utf-8")
+        fsync_dir(tmp)
+        _swap_in(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def is_complete(folder: Path, marker: str = "COMPLETE") -> bool:
-    return (folder / marker).is_file()
+    """Whether `folder` was fully written: its marker is there and lists exactly its files.
+
+    An empty marker (folders written before markers carried a manifest) is trusted as it is.
+    """
+    try:
+        text = (folder / marker).read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
+        return False
+    if not text.strip():
+        return True
+    try:
+        expected = json.loads(text)["files"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return expected == _manifest(folder, marker)

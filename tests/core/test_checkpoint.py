@@ -12,7 +12,6 @@ import pytest
 import torch
 from torch import nn
 
-import lmforge.atomic
 from lmforge.errors import LmforgeError
 from lmforge.run.checkpoint import (
     capture_rng_state,
@@ -71,17 +70,12 @@ def test_meta_can_be_updated_in_place(tmp_path):
     assert latest_checkpoint(tmp_path) == folder
 
 
-def test_the_marker_is_written_last(tmp_path, monkeypatch):
-    seen = {}
-    real = lmforge.atomic.atomic_write_text
-
-    def spy(path, text):
-        seen[path.name] = sorted(os.listdir(path.parent))
-        real(path, text)
-
-    monkeypatch.setattr(lmforge.atomic, "atomic_write_text", spy)
-    save(tmp_path, 1)
-    assert seen == {"COMPLETE": ["meta.json", "model.safetensors", "trainer.pt"]}
+def test_the_marker_lists_every_file_of_the_checkpoint(tmp_path):
+    folder = save(tmp_path, 1)
+    manifest = json.loads((folder / "COMPLETE").read_text())
+    assert manifest == {"files": ["meta.json", "model.safetensors", "trainer.pt"]}
+    (folder / "trainer.pt").unlink()  # e.g. a delete that was killed half-way
+    assert complete_checkpoints(tmp_path) == []
 
 
 def test_weights_that_do_not_fit_name_the_checkpoint(tmp_path):
