@@ -129,13 +129,14 @@ def read_meta(folder: Path) -> dict[str, Any]:
         raise LmforgeError(f"checkpoint {folder}: expected a JSON object in {path}: {exc}") from exc
 
 
-def check_compatible(meta: dict[str, Any], config_hash: str, tokenizer_hash: str,
+def check_compatible(meta: dict[str, Any], config_hash: str, tokenizer_hash: str | None,
                      folder: Path | str | None = None) -> None:
-    """Refuse to resume from a checkpoint written with another config or tokenizer."""
+    """Refuse to resume from a checkpoint written with another config or tokenizer (the
+    tokenizer is not checked when `tokenizer_hash` is None: not known yet)."""
     where = folder if folder is not None else f"step {meta.get('step')}"
     for what, expected in (("config", config_hash), ("tokenizer", tokenizer_hash)):
         saved = meta.get(f"{what}_hash")
-        if saved != expected:
+        if expected is not None and saved != expected:
             raise LmforgeError(
                 f"cannot resume from checkpoint {where}: it was written with {what} hash "
                 f"{saved!r}, but the {what} now hashes to {expected!r}; the {what} changed since "

@@ -20,7 +20,12 @@ from lmforge.host.registry import Registry
 from lmforge.interfaces.model import LanguageModel, Model, ModelSpec, Module
 from lmforge.interfaces.task import Task, TaskData
 from lmforge.interfaces.tokenizer import Tokenizer, file_hash, load_tokenizer
-from lmforge.run.checkpoint import complete_checkpoints, load_model_weights, read_meta
+from lmforge.run.checkpoint import (
+    check_compatible,
+    complete_checkpoints,
+    load_model_weights,
+    read_meta,
+)
 from lmforge.run.folder import CONFIG_FILE, EVAL_FILE, SPEC_FILE, TOKENIZER_FILE
 
 # Settings that change how a run is watched or paced, not what it computes: a run may resume
@@ -133,7 +138,7 @@ def run(config_path: str, registry: Registry, overrides: tuple[str, ...] = (), *
     config = runnable(load_config(config_path, registry, overrides), registry)
     run_dir = config.run_dir
     digest = config_hash(config)
-    finished = _finished_checkpoint(run_dir, digest, resume)
+    finished = _check_existing_checkpoints(run_dir, digest, resume)
 
     prepared = prepare_data(config)
     console.print(f"data: {'cached' if prepared.cached else 'prepared'} ({prepared.folder})")
@@ -165,15 +170,23 @@ def run(config_path: str, registry: Registry, overrides: tuple[str, ...] = (), *
     return results
 
 
-def _finished_checkpoint(run_dir: Path, digest: str, resume: bool) -> Path | None:
-    """The final checkpoint of a finished run of this same config, which makes training a no-op."""
+def _check_existing_checkpoints(run_dir: Path, digest: str, resume: bool) -> Path | None:
+    """Refuse a run that would overwrite or mismatch the checkpoints already in its folder, before
+    anything there changes; return the final checkpoint of a finished run of this same config,
+    which makes training a no-op."""
     checkpoints = complete_checkpoints(run_dir)
-    if not checkpoints or resume:
+    if not checkpoints:
         return None
     meta = read_meta(checkpoints[-1])
+    if resume:
+        check_compatible(meta, digest, None, checkpoints[-1])
+        return None
     if meta.get("config_hash") == digest and meta.get("final"):
         return checkpoints[-1]
-    return None
+    raise LmforgeError(
+        f"{run_dir} already has {len(checkpoints)} complete checkpoint(s), the latest "
+        f"{checkpoints[-1].name}; resume it with --resume, or choose another run name (the "
+        f"run's `name`) to start afresh without overwriting it")
 
 
 def evaluate_run(config: RunConfig, task: Task, model: torch.nn.Module, console: Console,
