@@ -34,10 +34,13 @@ CORE_SECTIONS = (*RUN_KEYS, "data", *COMPONENT_SECTIONS, "sample")
 DATA_KEYS = ("source", "preprocess", "split")
 
 
+RUN_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # one folder name: no separators, no leading dot
+
+
 class RunSettings(Settings):
     """Settings of the run itself."""
 
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+    name: str | None = Field(None, pattern=RUN_NAME,
                              description="the run's folder name; default: the config file's stem")
     runs_dir: str = Field("runs", description="where run folders are created")
     seed: int = 0
@@ -180,6 +183,12 @@ def _line_map(text: str) -> dict[tuple, int | str]:
             for index, item in enumerate(node.value):
                 walk(item, (*path, index))
 
+    # An alias can make a node its own child (`a: &x [*x]`) or fan out exponentially; a config
+    # needs neither, and a run folder's config.yaml may come from someone else.
+    for event in yaml.parse(text):
+        if isinstance(event, yaml.AliasEvent):
+            raise ConfigError(f"line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) "
+                              f"are not allowed in a config; write the value out")
     root = yaml.compose(text)
     if root is not None:
         walk(root, ())
@@ -317,6 +326,10 @@ def resolve(raw: dict[str, Any], registry: Registry, *, origin: str = "<config>"
         if section in raw or section in DEFAULT_COMPONENTS:
             value = raw[section] if section in raw else DEFAULT_COMPONENTS[section]
             components[section] = resolver.component(kind, value, (section,))
+    if run is not None and run.name is None and not re.match(RUN_NAME, default_name):
+        resolver.problem(("name",), f"the run is named after the config file, but "
+                                    f"{default_name!r} is not a folder name ({RUN_NAME}); "
+                                    f"set `name`")
     sample = resolver.settings(SampleSettings, raw.get("sample") or {}, ("sample",))
     sections = {key: resolver.settings(registry.get("config_section", key).settings,
                                        raw[key] or {}, (key,))

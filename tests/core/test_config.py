@@ -115,6 +115,24 @@ def test_duplicate_key_and_yaml_syntax_errors_name_the_line(tmp_path, registry):
         load_config(tmp_path / "missing.yaml", registry)
 
 
+@pytest.mark.parametrize("text", [
+    "a: &x [*x]\n",  # a node that contains itself
+    "a: &a [1, 1]\nb: &b [*a, *a]\nc: &c [*b, *b]\nd: [*c, *c]\n",  # fan-out
+])
+def test_yaml_aliases_are_refused_with_their_line(tmp_path, registry, text):
+    path = write(tmp_path, text, "alias.yaml")
+    with pytest.raises(ConfigError, match=r"alias\.yaml: line \d+: YAML aliases \(\*\w\) are "
+                                          r"not allowed"):
+        load_config(path, registry)
+
+
+def test_a_config_file_name_that_is_no_folder_name_needs_a_run_name(tmp_path, registry):
+    path = write(tmp_path, VALID.replace("name: tiny\n", ""), "...yaml")
+    with pytest.raises(ConfigError, match=r"'\.\.' is not a folder name .*set `name`"):
+        load_config(path, registry)
+    assert load_config(path, registry, ["name=ok"]).run_dir.name == "ok"
+
+
 def test_overrides_parse_values_as_yaml(tmp_path, registry):
     overrides = ("data.source.paths=[a.txt, b.txt]", "data.preprocess[1].min_chars=7",
                  "data.preprocess.0.lowercase=true", "seed=3", "data.split.mode=contiguous")
