@@ -256,7 +256,9 @@ class Sweep:
         sets = [*plan.overrides, f"runs_dir={yaml_scalar(str(plan.folder))}",
                 f"name=trial-{record['number']}",
                 *(f"{key}={yaml_scalar(value)}" for key, value in record["params"].items())]
-        command = [sys.executable, "-m", "lmforge", "run", plan.config_path]
+        # -P: `-m` would put the working directory first on sys.path, where a stray
+        # .dist-info would inject its plugin into every trial
+        command = [sys.executable, "-P", "-m", "lmforge", "run", plan.config_path]
         for assignment in sets:
             command += ["--set", assignment]
         return command + (["--resume"] if resume else [])

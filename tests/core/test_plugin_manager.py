@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import io
+import tomllib
 from importlib.metadata import entry_points
 from pathlib import Path
 
 import click
 import pytest
-import tomllib
 
 from lmforge.errors import PluginError
 from lmforge.host import manager

@@ -196,3 +196,20 @@ def test_tpe_asks_the_baseline_first(tmp_path):
     number, proposed = search.ask({"trainer.lr": 1e-3, "model.n": 2})
     assert number == 0 and proposed == {"trainer.lr": 1e-3, "model.n": 2}
     assert search.ask()[0] == 1
+
+
+def test_trials_do_not_load_plugins_from_the_working_directory(tmp_path, monkeypatch):
+    # `python -m` would put the working directory first on sys.path, so a stray .dist-info
+    # there would inject its plugin into every trial
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LMFORGE_LOAD_PLUGINS")  # trials load installed plugins, as for a user
+    dist = tmp_path / "stray-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: stray\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[lmforge]\nstray = stray_plugin\n")
+    (tmp_path / "stray_plugin.py").write_text(
+        "from pathlib import Path\nPath('injected').write_text('loaded')\n")
+    config = write_config(tmp_path, max_steps=3, eval_every=3, checkpoint_every=3)
+    sweep(config, "trainer.lr=choice(0.003)", sampler="grid")
+    assert trials_in(tmp_path / "runs" / "tiny-gpt")[0]["status"] == "finished"
+    assert not (tmp_path / "injected").exists()
