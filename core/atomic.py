@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import itertools
 import json
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +16,26 @@ from pathlib import Path
 
 RENAME_EXCHANGE = 2  # linux/fs.h: swap two paths in one step
 AT_FDCWD = -100
+
+# Fault injection for the crash-safety tests (tests/core/test_crash_safety.py): with
+# LMFORGE_FAULT_KILL=N the process SIGKILLs itself at the Nth fault point on a path containing
+# LMFORGE_FAULT_PATH; LMFORGE_FAULT_TRACE=FILE lists the points a run passes, one per line.
+_KILL_AT = int(os.environ.get("LMFORGE_FAULT_KILL", "0"))
+_TRACE = os.environ.get("LMFORGE_FAULT_TRACE")
+_FAULT_PATH = os.environ.get("LMFORGE_FAULT_PATH", "")
+_fault_steps = itertools.count(1)
+
+
+def fault_point(target: Path, what: str) -> None:
+    """A step of a crash-safe write of `target` (`what` names it) where a test may kill us."""
+    if not (_KILL_AT or _TRACE) or _FAULT_PATH not in str(target):
+        return
+    step = next(_fault_steps)
+    if _TRACE:
+        with open(_TRACE, "a", encoding="utf-8") as trace:
+            trace.write(f"{step}\t{Path(target).name}\t{what}\n")
+    if step == _KILL_AT:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def fsync_dir(path: Path) -> None:
@@ -35,8 +57,10 @@ def atomic_file(path: Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        fault_point(path, "temporary file written")
         os.replace(tmp, path)
         fsync_dir(path.parent)
+        fault_point(path, "file replaced")
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -76,12 +100,14 @@ def _swap_in(tmp: Path, final: Path) -> None:
     if not final.exists():
         os.replace(tmp, final)
     elif _exchange(tmp, final):
+        fault_point(final, "swapped with the old folder")
         shutil.rmtree(tmp)  # the old folder, now under the temporary name nobody reads
     else:
         # No atomic swap here: the old folder moves to a hidden name nobody reads, the new one
         # takes its place; if that fails, the old one comes back.
         aside = final.with_name(f".{final.name}.old-{os.getpid()}")
         os.replace(final, aside)
+        fault_point(final, "old folder moved aside")
         try:
             os.replace(tmp, final)
         except BaseException:
@@ -124,17 +150,27 @@ def atomic_dir(final: Path, marker: str = "COMPLETE") -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        for item in tmp.rglob("*"):
+        fault_point(final, "temporary folder written")
+        for item in sorted(tmp.rglob("*")):
             if item.is_file():
                 with open(item, "rb+") as handle:
                     os.fsync(handle.fileno())
+                fault_point(final, f"{item.name} synced")
         manifest = json.dumps({"files": _manifest(tmp, marker)}, indent=1, sort_keys=True)
         with atomic_file(tmp / marker) as marker_tmp:
             marker_tmp.write_text(manifest, encoding="utf-8")
         fsync_dir(tmp)
         _swap_in(tmp, final)
+        fault_point(final, "folder in place")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_dir(folder: Path, marker: str = "COMPLETE") -> None:
+    """Delete a folder, its marker first: a deletion cut short leaves an incomplete folder."""
+    (folder / marker).unlink(missing_ok=True)
+    fault_point(folder, "marker removed")
+    shutil.rmtree(folder)
 
 
 def is_complete(folder: Path, marker: str = "COMPLETE") -> bool:

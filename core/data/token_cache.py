@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from lmforge.atomic import atomic_dir, is_complete
+from lmforge.atomic import atomic_dir, fault_point, is_complete
 from lmforge.data.split import SPLITS
 from lmforge.errors import LmforgeError
 from lmforge.interfaces.tokenizer import Tokenizer
@@ -133,6 +133,7 @@ def _encode_split(records: Iterable[dict], tokenizer: Tokenizer, dtype: np.dtype
         for array, count, n_bytes in encode_documents(texts, tokenizer):
             _check_range(array, tokenizer.vocab_size, tokenizer, path, documents)
             array.astype(dtype).tofile(handle)
+            fault_point(path, "chunk written")
             tokens += len(array)
             documents += count
             text_bytes += n_bytes

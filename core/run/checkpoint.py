@@ -16,7 +16,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from lmforge import __version__
-from lmforge.atomic import atomic_dir, atomic_write_text, is_complete
+from lmforge.atomic import atomic_dir, atomic_write_text, is_complete, remove_dir
 from lmforge.errors import LmforgeError
 
 CHECKPOINTS = "checkpoints"
@@ -161,9 +161,7 @@ def prune_checkpoints(run_dir: Path, keep_last: int) -> list[Path]:
     newest = complete[-1][0]
     removed = [p for step, p in folders if p not in kept and step < newest]
     for folder in removed:
-        # Marker first: a deletion cut short leaves an incomplete folder, never a broken one.
-        (folder / MARKER).unlink(missing_ok=True)
-        shutil.rmtree(folder)
+        remove_dir(folder, MARKER)
     for leftover in (Path(run_dir) / CHECKPOINTS).glob(".step-*.tmp-*"):
         # Temporary folders of a process killed while saving.
         shutil.rmtree(leftover, ignore_errors=True)
