@@ -25,10 +25,6 @@ def _replace_word(text: str, position: int, word: str) -> str:
     return " ".join(words)
 
 
-def test_paragraphs_have_sixty_words():
-    assert len(PARAGRAPH.split()) == len(OTHER.split()) == 60
-
-
 def test_finds_a_copy_with_one_word_changed_and_not_a_different_text():
     index = NearDuplicateIndex()
     index.insert("emma", index.signature(PARAGRAPH))

@@ -9,6 +9,7 @@ import pytest
 from lmforge.config import resolve
 from lmforge.data.prepare import prepare_data
 from lmforge.data.split import SplitSettings, hash_split
+from lmforge.errors import DataError
 
 
 def paragraphs(count: int, offset: int = 0) -> list[str]:
@@ -130,6 +131,6 @@ def test_incomplete_folder_is_not_reused(tmp_path, registry):
 def test_strict_source_error_leaves_no_partial_output(tmp_path, registry):
     config = config_for(tmp_path, registry, [], source_text="ok\n\n\xff\n")
     (tmp_path / "t.txt").write_bytes(b"good paragraph\n\n\xff broken\n")
-    with pytest.raises(Exception, match="t.txt:3"):
+    with pytest.raises(DataError, match="t.txt:3"):
         prepare_data(config)
     assert not list((config.run_dir / "data").glob("prepared-*"))

@@ -34,11 +34,6 @@ def kept_texts(dedup, texts):
     return [record["text"] for text in texts if (record := dedup.process({"text": text}))]
 
 
-def test_fixture_paragraphs():
-    assert len(PARAGRAPH.split()) == 60
-    assert EDITED != PARAGRAPH
-
-
 def test_exact_dedup_keeps_the_first_of_case_and_whitespace_variants():
     dedup = make()
     texts = ["Hello World", "hello   world", " HELLO\tWORLD\n", "Hello, World", "Hello World"]

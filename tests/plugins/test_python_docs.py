@@ -1,6 +1,9 @@
 """Tests of the built-in python-docs data source (the embedded default corpus)."""
 
+import os
 import re
+import subprocess
+import sys
 from itertools import islice
 
 import pytest
@@ -72,8 +75,13 @@ def test_settings_select_what_is_read(corpus):
     assert all(len(r["text"]) >= 5000 for r in long_topics)
 
 
-def test_fingerprint_is_stable_and_follows_the_settings():
-    assert source().fingerprint() == source().fingerprint()
+def test_fingerprint_is_stable_across_processes_and_follows_the_settings():
+    # another interpreter, another string-hash seed: the cache key must not depend on it
+    code = ("from lmforge.plugins.data.python_docs import PythonDocsSource as S; "
+            "print(S(S.Settings()).fingerprint())")
+    elsewhere = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                               check=True, env={**os.environ, "PYTHONHASHSEED": "random"})
+    assert elsewhere.stdout.strip() == source().fingerprint()
     assert source().fingerprint() != source(include_topics=False).fingerprint()
 
 

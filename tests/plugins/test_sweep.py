@@ -96,11 +96,13 @@ def test_grid_sweep_goes_on_after_a_failed_trial_and_writes_the_best_config(regi
 
 
 def test_stopped_sweep_resumes_the_interrupted_trial_and_redoes_nothing(tmp_path):
-    # trial 1 trains 0.3 s; trial 2 trains 2 s, long enough to be interrupted after a checkpoint
-    config = write_config(tmp_path, max_steps=100_000, eval_every=100_000, checkpoint_every=25,
+    # trial 2 is interrupted after its first checkpoint (step 25) of 600: a margin counted in
+    # steps, so however fast the machine, the interrupt lands long before the trial would end
+    config = write_config(tmp_path, max_steps=10, eval_every=100_000, checkpoint_every=25,
                           log_every=25)
+    param = "trainer.max_steps=choice(10, 600)"
     command = [sys.executable, "-m", "lmforge", "sweep", str(config), "--sampler", "grid",
-               "--param", "trainer.max_time=choice(0.3, 2.0)"]
+               "--param", param]
     folder = tmp_path / "runs" / "tiny-gpt"
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, cwd=tmp_path)
@@ -119,7 +121,7 @@ def test_stopped_sweep_resumes_the_interrupted_trial_and_redoes_nothing(tmp_path
     first = folder / "trial-1"
     untouched = {name: ((first / name).read_bytes(), (first / name).stat().st_mtime_ns)
                  for name in ("eval.json", "metrics.jsonl", "config.yaml")}
-    summary = sweep(config, "trainer.max_time=choice(0.3, 2.0)", sampler="grid")
+    summary = sweep(config, param, sampler="grid")
     assert not summary["stopped"]
     assert [t["status"] for t in trials_in(folder)] == ["finished", "finished"]
     assert untouched == {name: ((first / name).read_bytes(), (first / name).stat().st_mtime_ns)
