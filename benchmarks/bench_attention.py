@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmforge.ops.attention_op import AVAILABLE, fused_attention, reference_attention
+from lmforge.ops import why_not_fused
+from lmforge.ops.attention import fused_attention, reference_attention
 
 ROUNDS = 5
 FP32, BF16 = torch.float32, torch.bfloat16
@@ -91,7 +92,8 @@ def measure(shape):
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-@pytest.mark.skipif(not AVAILABLE, reason="the fused attention kernel is not built")
+@pytest.mark.skipif(why_not_fused("attention") is not None,
+                    reason="the fused attention kernel is not built")
 def test_attention_variants():
     torch.manual_seed(0)
     rows = [(shape, measure(shape), useful_flops(*shape[:7])) for shape in SHAPES]

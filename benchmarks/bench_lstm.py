@@ -11,9 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from lmforge.ops import lstm_op
+from lmforge.ops import lstm as lstm_ops
+from lmforge.ops import why_not_fused
 
-pytestmark = pytest.mark.skipif(not lstm_op.ops_built(),
+pytestmark = pytest.mark.skipif(why_not_fused("lstm") is not None,
                                 reason="the fused lstm kernel is not built")
 
 ROUNDS = 5
@@ -25,7 +26,7 @@ GENERATION = (1, 256, 128, 512, 2)
 NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
-def layers_of(module: nn.LSTM) -> list[lstm_op.LstmWeights]:
+def layers_of(module: nn.LSTM) -> list[lstm_ops.LstmWeights]:
     suffixes = ("", "_reverse") if module.bidirectional else ("",)
     return [tuple(getattr(module, f"{name}_l{k}{sfx}") for name in NAMES)
             for k in range(module.num_layers) for sfx in suffixes]
@@ -47,7 +48,7 @@ def reference_stack(x, state, layers, bidirectional=False):
         outputs = []
         for direction in range(D):
             k = layer * D + direction
-            out, (h, c) = lstm_op.reference_lstm(x, h0[k], c0[k], *layers[k],
+            out, (h, c) = lstm_ops.reference_lstm(x, h0[k], c0[k], *layers[k],
                                                  reverse=direction == 1)
             outputs.append(out)
             h_n.append(h)
@@ -108,11 +109,11 @@ def test_forward_backward(B, T, In, H, L, bidirectional):
         "reference": step(lambda: reference_stack(x, None, layers_of(module), bidirectional)[0],
                           x, params),
         "torch": step(lambda: module(x)[0], x, params),
-        "fused": step(lambda: lstm_op.fused_lstm(x, None, layers_of(module),
-                                                 bidirectional=bidirectional)[0], x, params),
+        "fused": step(lambda: lstm_ops.fused_lstm(x, None, layers_of(module),
+                                                  bidirectional=bidirectional)[0], x, params),
         "torch_bf16": step(lambda: module_bf16(x_bf16)[0], x_bf16, params_bf16),
-        "fused_bf16": step(lambda: lstm_op.fused_lstm(x_bf16, None, layers_of(module_bf16),
-                                                      bidirectional=bidirectional)[0],
+        "fused_bf16": step(lambda: lstm_ops.fused_lstm(x_bf16, None, layers_of(module_bf16),
+                                                       bidirectional=bidirectional)[0],
                            x_bf16, params_bf16),
     }
     want_out, want_grads = variants["torch"]()
@@ -153,7 +154,7 @@ def test_generation_step_by_step():
     def fused():
         state, outs = None, []
         for t in range(steps):
-            h, state = lstm_op.fused_lstm_step(x[:, t], state, layers)
+            h, state = lstm_ops.fused_lstm_step(x[:, t], state, layers)
             outs.append(h)
         return torch.stack(outs, 1)
 

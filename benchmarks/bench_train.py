@@ -107,8 +107,9 @@ def test_trainer_overhead_against_plain_loop(tmp_path, monkeypatch):
 def test_fused_kernels_end_to_end(tmp_path, monkeypatch, model):
     """The shipped model trained by the lmforge trainer with `kernels: reference` and `fused`."""
     op = "attention" if model == "gpt" else "lstm"
-    if not ops.fused_available(op):
-        pytest.skip(f"the fused {op} kernel is not built")
+    reason = ops.why_not_fused(op)
+    if reason is not None:
+        pytest.skip(f"the fused {op} kernel is {reason}")
     monkeypatch.setenv("LMFORGE_NO_PROGRESS", "1")
     registry = load_plugins({"LMFORGE_LOAD_PLUGINS": ""}).registry
     tokens = np.random.default_rng(0).integers(0, VOCAB, size=200_000).astype(np.uint16)

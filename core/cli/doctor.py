@@ -9,21 +9,14 @@ from typing import Any
 
 import lmforge
 from lmforge.host.manager import PluginHost
-from lmforge.ops.kernels import cpu_features
+from lmforge.ops import auto_backends, cpu_features, load
 
 
 def kernels_info() -> dict[str, Any]:
     """Whether a kernels module for this CPU is built, which, and what it was built with."""
-    from lmforge.ops import kernels
-
-    try:
-        module = kernels.load()
-    except ImportError as exc:  # torch itself is missing
-        return {"built": False, "error": str(exc)}
+    module = load()
     if module is None:
         return {"built": False, "error": "no kernels module for this CPU is built"}
-    from lmforge.ops import auto_backends
-
     return {"built": True, "module": module.__name__, **module.build_info(),
             "auto": auto_backends()}
 

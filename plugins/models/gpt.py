@@ -12,6 +12,7 @@ from torch import nn
 from lmforge import hookimpl, ops
 from lmforge.errors import LmforgeError
 from lmforge.interfaces.model import LanguageModel, Model, ModelSpec, SequenceClassifier
+from lmforge.ops.attention import attention
 from lmforge.plugins.models.classifier_parts import at_last_token, check_inputs, require_num_labels
 from lmforge.settings import Settings as ComponentSettings
 
@@ -63,9 +64,9 @@ class SelfAttention(nn.Module):
             k = torch.cat((past[0], k), dim=2)  # (B, nh, pos + T, hs)
             v = torch.cat((past[1], v), dim=2)
         # With a cache, Tq < Tk and the op lines the causal mask up with the last Tq keys.
-        y = ops.attention(q, k, v, causal=self.causal, key_padding_mask=key_padding_mask,
-                          dropout_p=self.dropout if self.training else 0.0,
-                          backend=self.backend)  # (B, nh, T, hs)
+        y = attention(q, k, v, causal=self.causal, key_padding_mask=key_padding_mask,
+                      dropout_p=self.dropout if self.training else 0.0,
+                      backend=self.backend)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y)), (k, v)
 

@@ -11,7 +11,7 @@ from torch import nn
 from lmforge import hookimpl, ops
 from lmforge.errors import LmforgeError
 from lmforge.interfaces.model import LanguageModel, Model, ModelSpec
-from lmforge.ops import lstm_op
+from lmforge.ops import lstm as lstm_ops
 from lmforge.plugins.models.classifier_parts import require_num_labels
 from lmforge.plugins.models.lstm_classifier import LstmClassifier
 from lmforge.settings import Settings as ComponentSettings
@@ -90,10 +90,10 @@ class LstmModule(LanguageModel):
                         for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
                   for k in range(lstm.num_layers)]
         if one_step:  # a generation step: the light one-step op per layer
-            h, state = lstm_op.fused_lstm_step(x[:, 0], state, layers, lstm.dropout,
-                                               self.training)
+            h, state = lstm_ops.fused_lstm_step(x[:, 0], state, layers, lstm.dropout,
+                                                self.training)
             return h[:, None], state
-        return lstm_op.fused_lstm(x, state, layers, lstm.dropout, self.training)
+        return lstm_ops.fused_lstm(x, state, layers, lstm.dropout, self.training)
 
     def flops_per_token(self) -> int:
         """Forward FLOPs per token: sum over layers of 2*4*H*(In + H), plus 2*H*V for the head.

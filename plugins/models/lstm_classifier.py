@@ -9,7 +9,7 @@ from torch import nn
 
 from lmforge import ops
 from lmforge.interfaces.model import SequenceClassifier
-from lmforge.ops import lstm_op
+from lmforge.ops import lstm as lstm_ops
 from lmforge.plugins.models.classifier_parts import (
     at_last_token,
     check_inputs,
@@ -78,7 +78,7 @@ class LstmClassifier(SequenceClassifier):
             return lstm(x)[0]
         # The fused op reads nn.LSTM's own parameters, so both backends share state dicts.
         weights = (lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0)
-        return lstm_op.fused_lstm(x, None, [weights])[0]
+        return lstm_ops.fused_lstm(x, None, [weights])[0]
 
     def _pool(self, states: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
         """(B, T, D * H) -> (B, D * H) over the real positions, as the `pooling` setting says."""

@@ -133,18 +133,18 @@ def test_generation_past_block_size_crops():
 
 
 def test_kernels_backend_resolved_at_build():
-    expected = ops.AUTO_FUSED if ops.fused_available("attention") else "reference"
+    expected = ops.AUTO_FUSED if ops.why_not_fused("attention") is None else "reference"
     assert build(kernels="auto").kernels_backend == expected
     assert build().kernels_backend == "reference"
 
 
-@pytest.mark.skipif(not ops.fused_available("attention"), reason="fused attention not built")
+@pytest.mark.skipif(ops.why_not_fused("attention") is not None, reason="fused attention not built")
 def test_auto_takes_the_fused_kernel_only_where_it_serves(monkeypatch):
-    from lmforge.ops import attention_op
+    from lmforge.ops import attention as attention_ops
 
     calls = []
-    real = attention_op.fused_attention
-    monkeypatch.setattr(attention_op, "fused_attention",
+    real = attention_ops.fused_attention
+    monkeypatch.setattr(attention_ops, "fused_attention",
                         lambda *a, **k: calls.append(1) or real(*a, **k))
     model = build(dropout=0.1, kernels="auto")  # dropout in training is PyTorch's op's job
     idx = torch.randint(0, VOCAB, (2, 12))
@@ -167,12 +167,12 @@ def test_auto_takes_the_fused_kernel_only_where_it_serves(monkeypatch):
 
 
 def test_fused_kernels_fail_clearly_where_not_built(monkeypatch):
-    monkeypatch.setattr(ops, "fused_available", lambda op: False)
-    with pytest.raises(LmforgeError, match="no fused attention kernel is built"):
+    monkeypatch.setattr(ops, "why_not_fused", lambda op: "not built")
+    with pytest.raises(LmforgeError, match="the fused attention kernel is not built"):
         build(kernels="fused")
 
 
-@pytest.mark.skipif(not ops.fused_available("attention"), reason="fused attention not built")
+@pytest.mark.skipif(ops.why_not_fused("attention") is not None, reason="fused attention not built")
 def test_fused_attention_matches_the_reference_model():
     reference = build(dropout=0.0).eval()
     fused = build(dropout=0.0, kernels="fused").eval()
@@ -207,7 +207,7 @@ def build_classifier(**overrides) -> GptClassifier:
 
 
 @pytest.mark.parametrize("kernels", ["reference", pytest.param("fused", marks=pytest.mark.skipif(
-    not ops.fused_available("attention"), reason="fused attention not built"))])
+    ops.why_not_fused("attention") is not None, reason="fused attention not built"))])
 def test_classifier_learns_a_marker_token(kernels):
     assert classify_checks.held_out_accuracy(build_classifier(kernels=kernels), lr=3e-3) >= 0.9
 

@@ -7,7 +7,7 @@ import torch
 from lmforge import ops
 from lmforge.errors import LmforgeError
 from lmforge.interfaces.model import ModelSpec
-from lmforge.ops import lstm_op
+from lmforge.ops import lstm as lstm_ops
 from lmforge.plugins.models.lstm import Lstm, LstmModule
 from lmforge.run.generate import generate
 
@@ -105,19 +105,19 @@ def test_greedy_generation_matches_recompute():
 def test_kernels_auto_trains_on_the_reference_and_generates_fused_where_built():
     model = build(kernels="auto")
     assert model.kernels_backend == "reference"
-    expected = ops.AUTO_FUSED if ops.fused_available("lstm_step") else "reference"
+    expected = ops.AUTO_FUSED if ops.why_not_fused("lstm_step") is None else "reference"
     assert model.step_backend == expected
 
 
 @pytest.mark.filterwarnings("ignore:lmforge. the fused lstm kernel")
-@pytest.mark.skipif(not ops.fused_available("lstm_step"), reason="fused lstm not built")
+@pytest.mark.skipif(ops.why_not_fused("lstm_step") is not None, reason="fused lstm not built")
 def test_auto_generation_steps_match_the_reference(monkeypatch):
     reference = build(kernels="reference").eval()
     auto = build(kernels="auto").eval()
     auto.load_state_dict(reference.state_dict())
     calls = []
-    real_step = lstm_op.fused_lstm_step
-    monkeypatch.setattr(lstm_op, "fused_lstm_step",
+    real_step = lstm_ops.fused_lstm_step
+    monkeypatch.setattr(lstm_ops, "fused_lstm_step",
                         lambda *a, **k: calls.append(1) or real_step(*a, **k))
     prompt = torch.tensor([[3, 1, 4, 1, 5]])
     with torch.no_grad():
@@ -132,13 +132,13 @@ def test_auto_generation_steps_match_the_reference(monkeypatch):
 
 
 def test_fused_kernels_fail_clearly_where_not_built(monkeypatch):
-    monkeypatch.setattr(ops, "fused_available", lambda op: False)
+    monkeypatch.setattr(ops, "why_not_fused", lambda op: "not built")
     with pytest.raises(LmforgeError, match="fused.*use kernels: auto"):
         build(kernels="fused")
 
 
 def test_fused_from_the_environment_fails_clearly_where_not_built(monkeypatch):
-    monkeypatch.setattr(ops, "fused_available", lambda op: False)
+    monkeypatch.setattr(ops, "why_not_fused", lambda op: "not built")
     monkeypatch.setenv("LMFORGE_KERNELS", "fused")
     with pytest.raises(LmforgeError, match="fused"):
         build(kernels="auto")

@@ -1,15 +1,15 @@
-"""Fused CPU attention: the PyTorch reference, fake and autograd registrations, Python entry."""
+"""Attention: the fused CPU kernel (attention*.cpp) with its fake registration, the PyTorch
+reference, and `attention`, which runs the backend a model resolved."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 
-from lmforge.ops import kernels
-
-# loading the kernels module for this CPU registers the lmforge torch ops
-AVAILABLE = kernels.load() is not None and hasattr(torch.ops.lmforge, "attention")
+from lmforge.errors import LmforgeError
+from lmforge.ops import AUTO_FUSED, why_not_fused
 
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
@@ -66,5 +66,43 @@ def _register() -> None:
 
 
 # Registered at import, before any call: registering after the op ran broke opcheck's AOT test.
-if AVAILABLE:
+if why_not_fused("attention") is None:
     _register()
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
+              key_padding_mask: torch.Tensor | None = None, dropout_p: float = 0.0,
+              backend: str = "reference") -> torch.Tensor:
+    """Scaled dot-product attention.
+
+    q: (B, H, Tq, D); k, v: (B, H, Tk, D); key_padding_mask: (B, Tk) bool, True where a key is
+    padding. With `causal` and Tq < Tk (decoding against a KV cache), query i sees keys up to
+    Tk - Tq + i. Returns (B, H, Tq, D).
+    """
+    if backend == AUTO_FUSED:
+        backend = "fused" if _fused_attention_serves(q, dropout_p) else "reference"
+    if backend == "fused":
+        if dropout_p > 0.0:
+            raise LmforgeError(f"the fused attention kernel has no dropout (dropout_p="
+                               f"{dropout_p}); set the attention dropout to 0 or use kernels: "
+                               f"reference")
+        return fused_attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask)
+    mask = None
+    if key_padding_mask is not None:
+        mask = ~key_padding_mask[:, None, None, :]
+    tq, tk = q.shape[-2], k.shape[-2]
+    # SDPA's is_causal assumes Tq == Tk and takes no other mask: build the causal mask instead
+    if causal and (mask is not None or tq != tk):
+        allowed = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(tk - tq)
+        mask = allowed if mask is None else mask & allowed
+        causal = False
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                          is_causal=causal)
+
+
+def _fused_attention_serves(q: torch.Tensor, dropout_p: float) -> bool:
+    """Whether the fused kernel can take this call: CPU, fp32/fp64/bf16, no dropout, and not
+    traced for export (an exported graph must hold standard ops only)."""
+    return (q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64, torch.bfloat16)
+            and dropout_p == 0.0 and not torch.jit.is_tracing()
+            and not torch.onnx.is_in_onnx_export())

@@ -1,4 +1,5 @@
-"""The fused LSTM op: a PyTorch reference, fake and autograd registrations, layer stacking."""
+"""The LSTM: the fused CPU ops (lstm.cpp) with their fake and autograd registrations, layer
+stacking over them, and the PyTorch reference."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from lmforge.ops import why_not_fused
 
 # One layer and direction's parameters in nn.LSTM's layout and gate order (i, f, g, o):
 # w_ih (4H, In), w_hh (4H, H), b_ih (4H,), b_hh (4H,).
@@ -37,13 +40,6 @@ def reference_lstm(x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_ih: to
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the fused op keeps gates, cell states and their gradients in: float32 for bf16."""
     return torch.float32 if dtype == torch.bfloat16 else dtype
-
-
-def ops_built() -> bool:
-    """Whether a kernels module for this CPU is built and registers the fused lstm ops."""
-    from lmforge.ops import kernels
-
-    return kernels.load() is not None and hasattr(torch.ops.lmforge, "lstm")
 
 
 def _register() -> None:
@@ -160,5 +156,6 @@ def fused_lstm_step(x: torch.Tensor, state: LstmState | None, layers: Sequence[L
     return x, (torch.stack(h_n), torch.stack(c_n))
 
 
-if ops_built():
+# Registered at import, before any call, as attention's.
+if why_not_fused("lstm") is None:
     _register()

@@ -5,10 +5,11 @@ import torch
 from torch import nn
 
 from lmforge.interfaces.model import ModelSpec
-from lmforge.ops import lstm_op
+from lmforge.ops import lstm as lstm_ops
+from lmforge.ops import why_not_fused
 
-if not lstm_op.ops_built():
-    pytest.skip("the fused lstm kernel is not built (pip install -e . builds it)",
+if why_not_fused("lstm") is not None:
+    pytest.skip(f"the fused lstm kernel is {why_not_fused('lstm')} (pip install -e . builds it)",
                 allow_module_level=True)
 
 from lmforge.plugins.models.lstm import Lstm  # noqa: E402  (after the skip: the plugin needs the op)
@@ -59,7 +60,7 @@ def fused(x, h0, c0, *w, reverse=False):
 
 
 def reference(x, h0, c0, *w, reverse=False):
-    out, (h_n, c_n) = lstm_op.reference_lstm(x, h0, c0, *w, reverse=reverse)
+    out, (h_n, c_n) = lstm_ops.reference_lstm(x, h0, c0, *w, reverse=reverse)
     return out, h_n, c_n
 
 
@@ -154,7 +155,7 @@ def test_torch_compile_fullgraph():
 def test_outputs_fully_written(dtype):
     B, T, In, H = 3, 9, 5, 37
     x, h0, c0, *w = [t.to(dtype) for t in make_inputs(B, T, In, H)]
-    acc = lstm_op.accumulation_dtype(dtype)
+    acc = lstm_ops.accumulation_dtype(dtype)
     shapes = (((B, T, H), dtype), ((B, H), dtype), ((B, T, 4 * H), acc), ((B, T, H), acc))
     results = []
     for _ in range(2):
@@ -190,11 +191,11 @@ def test_nn_lstm_state_dict_in_the_fused_path_matches_nn_lstm(bidirectional):
     x = torch.randn(4, 11, 6)
     state = (torch.randn(len(layers), 4, 33), torch.randn(len(layers), 4, 33))
     want, (want_h, want_c) = module(x, state)
-    got, (got_h, got_c) = lstm_op.fused_lstm(x, state, layers, bidirectional=bidirectional)
+    got, (got_h, got_c) = lstm_ops.fused_lstm(x, state, layers, bidirectional=bidirectional)
     for g, w in ((got, want), (got_h, want_h), (got_c, want_c)):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
     zero_state, _ = module(x)
-    torch.testing.assert_close(lstm_op.fused_lstm(x, None, layers, bidirectional=bidirectional)[0],
+    torch.testing.assert_close(lstm_ops.fused_lstm(x, None, layers, bidirectional=bidirectional)[0],
                                zero_state, rtol=1e-5, atol=1e-6)
 
 
@@ -202,9 +203,9 @@ def test_dropout_between_layers_only_in_training():
     module = nn.LSTM(5, 8, num_layers=2, batch_first=True, dropout=0.5)
     x = torch.randn(2, 4, 5)
     layers = layers_of(module)
-    eval_out = lstm_op.fused_lstm(x, None, layers, dropout=0.5, training=False)[0]
+    eval_out = lstm_ops.fused_lstm(x, None, layers, dropout=0.5, training=False)[0]
     torch.testing.assert_close(eval_out, module.eval()(x)[0], rtol=1e-5, atol=1e-6)
-    train_out = lstm_op.fused_lstm(x, None, layers, dropout=0.5, training=True)[0]
+    train_out = lstm_ops.fused_lstm(x, None, layers, dropout=0.5, training=True)[0]
     assert not torch.allclose(train_out, eval_out)
 
 
@@ -213,10 +214,10 @@ def test_step_function_equals_the_sequence_op():
     layers = layers_of(module)
     x = torch.randn(3, 6, 7)
     with torch.no_grad():
-        want, (want_h, want_c) = lstm_op.fused_lstm(x, None, layers)
+        want, (want_h, want_c) = lstm_ops.fused_lstm(x, None, layers)
         state = None
         for t in range(x.shape[1]):
-            h, state = lstm_op.fused_lstm_step(x[:, t], state, layers)
+            h, state = lstm_ops.fused_lstm_step(x[:, t], state, layers)
             torch.testing.assert_close(h, want[:, t], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(state[0], want_h, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(state[1], want_c, rtol=1e-6, atol=1e-6)

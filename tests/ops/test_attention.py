@@ -5,12 +5,13 @@ import math
 import pytest
 import torch
 
-from lmforge import ops
 from lmforge.errors import LmforgeError
-from lmforge.ops.attention_op import AVAILABLE, fused_attention, reference_attention
+from lmforge.ops import why_not_fused
+from lmforge.ops.attention import attention, fused_attention, reference_attention
 
-if not AVAILABLE:
-    pytest.skip("the fused attention kernel is not built", allow_module_level=True)
+if why_not_fused("attention") is not None:
+    pytest.skip(f"the fused attention kernel is {why_not_fused('attention')}",
+                allow_module_level=True)
 
 # The fp32 kernel against a float64 reference, as max |error| / max |reference|, the denominator
 # floored at 1 (the inputs' scale) because some gradients are exactly 0 (dq with a single key).
@@ -224,19 +225,18 @@ def test_compile_fullgraph():
         torch.testing.assert_close(got.grad, want.grad)
 
 
-def test_ops_attention_fused_matches_reference_path():
+def test_attention_fused_matches_reference_path():
     q, k, v, _ = make_inputs(2, 4, 50, 50, 32, padded=False)
     q, k, v = q.float(), k.float(), v.float()
     mask = torch.zeros(2, 50, dtype=torch.bool)
     mask[0, 40:] = True
     for causal, key_mask in [(True, None), (False, mask), (True, mask)]:
-        fused = ops.attention(q, k, v, causal=causal, key_padding_mask=key_mask, backend="fused")
-        reference = ops.attention(q, k, v, causal=causal, key_padding_mask=key_mask,
-                                  backend="reference")
+        fused = attention(q, k, v, causal=causal, key_padding_mask=key_mask, backend="fused")
+        reference = attention(q, k, v, causal=causal, key_padding_mask=key_mask,
+                              backend="reference")
         torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5)
-    decode = ops.attention(q[:, :, -1:], k, v, causal=True, backend="fused")
-    torch.testing.assert_close(decode, ops.attention(q[:, :, -1:], k, v, causal=True),
+    decode = attention(q[:, :, -1:], k, v, causal=True, backend="fused")
+    torch.testing.assert_close(decode, attention(q[:, :, -1:], k, v, causal=True),
                                rtol=1e-5, atol=1e-5)
     with pytest.raises(LmforgeError, match="no dropout"):
-        ops.attention(q, k, v, causal=True, dropout_p=0.1, backend="fused")
-    assert ops.fused_available("attention")
+        attention(q, k, v, causal=True, dropout_p=0.1, backend="fused")
