@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import random
 import re
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
@@ -168,33 +166,3 @@ def prune_checkpoints(run_dir: Path, keep_last: int) -> list[Path]:
         shutil.rmtree(leftover, ignore_errors=True)
     return removed
 
-
-def capture_rng_state() -> dict[str, Any]:
-    """Python, NumPy and torch RNG states as tensors and plain values (loadable weights_only)."""
-    version, internal, gauss = random.getstate()
-    numpy_state = np.random.get_state(legacy=False)
-    state = {
-        "python": {"version": version, "internal": list(internal), "gauss": gauss},
-        "numpy": {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
-                  "pos": int(numpy_state["state"]["pos"]),
-                  "has_gauss": int(numpy_state["has_gauss"]),
-                  "gauss": float(numpy_state["gauss"])},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    """Set the RNGs back to a state `capture_rng_state` returned."""
-    python = state["python"]
-    random.setstate((python["version"], tuple(python["internal"]), python["gauss"]))
-    numpy = state["numpy"]
-    np.random.set_state({"bit_generator": "MT19937",
-                         "state": {"key": numpy["key"].numpy().astype(np.uint32),
-                                   "pos": numpy["pos"]},
-                         "has_gauss": numpy["has_gauss"], "gauss": numpy["gauss"]})
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

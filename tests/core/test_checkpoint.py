@@ -1,13 +1,11 @@
-"""Checkpoints: contents, tied weights, RNG states, completeness, pruning, a kill while saving."""
+"""Checkpoints: contents, tied weights, completeness, pruning, a kill while saving."""
 
 import json
 import os
-import random
 import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -15,7 +13,6 @@ from torch import nn
 import lmforge.atomic
 from lmforge.errors import LmforgeError
 from lmforge.run.checkpoint import (
-    capture_rng_state,
     check_compatible,
     checkpoint_dir,
     complete_checkpoints,
@@ -24,7 +21,6 @@ from lmforge.run.checkpoint import (
     load_trainer_state,
     prune_checkpoints,
     read_meta,
-    restore_rng_state,
     save_checkpoint,
     update_meta,
 )
@@ -121,21 +117,6 @@ def test_a_changed_config_or_tokenizer_is_refused(tmp_path):
         check_compatible(meta, "other", "t", folder)
     with pytest.raises(LmforgeError, match=r"step 5: .*tokenizer hash 't'.*tokenizer changed"):
         check_compatible(meta, "c", "x")
-
-
-def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
-    random.seed(1)
-    np.random.seed(2)
-    torch.manual_seed(3)
-    state = capture_rng_state()
-    expected = (random.random(), np.random.rand(), torch.rand(3))
-    torch.save(state, tmp_path / "rng.pt")
-    random.seed(9)
-    np.random.seed(9)
-    torch.manual_seed(9)
-    restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
-    again = (random.random(), np.random.rand(), torch.rand(3))
-    assert again[:2] == expected[:2] and torch.equal(again[2], expected[2])
 
 
 CHILD = """

@@ -33,7 +33,7 @@ PLAIN_SGD = '''
         def fit(self, context):
             s, task, model = self.settings, context.task, context.model
             optimizer = torch.optim.SGD(model.parameters(), lr=s.lr)
-            log = MetricsLog(context.run_dir / METRICS_FILE, None)
+            log = MetricsLog(context.run_dir)
             model.train()
             for step in range(1, s.max_steps + 1):
                 loss, _ = task.loss(model, task.train_batch(step - 1, s.batch_size, context.seed))

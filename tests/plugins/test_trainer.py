@@ -1,6 +1,7 @@
 """The standard trainer on a tiny task: learning, checkpoints, exact resume after Ctrl-C, limits."""
 
 import json
+import random
 import signal
 import time
 
@@ -15,7 +16,10 @@ from lmforge.errors import LmforgeError
 from lmforge.interfaces.model import ModelSpec
 from lmforge.interfaces.task import Task
 from lmforge.interfaces.trainer import TrainContext
-from lmforge.plugins.training.trainer import StandardTrainer, lr_factor, param_groups
+from lmforge.plugins.training.callbacks import LossPlot, ProgressBar
+from lmforge.plugins.training.optim import lr_factor, param_groups
+from lmforge.plugins.training.state import capture_rng_state, restore_rng_state
+from lmforge.plugins.training.trainer import StandardTrainer
 from lmforge.run.checkpoint import complete_checkpoints, load_trainer_state, read_meta
 from lmforge.settings import NoSettings
 
@@ -106,7 +110,8 @@ def fit(run_dir, task=None, model_seed=0, resume=False, config_hash="c1", **over
     model = TinyLM()
     context = TrainContext(run_dir=run_dir, model=model, task=task or WindowTask(), seed=7,
                            config_hash=config_hash, tokenizer_hash="t1", resume=resume,
-                           model_info={"name": "tiny"}, kernels="reference")
+                           model_info={"name": "tiny"}, kernels="reference",
+                           callbacks=[LossPlot(NoSettings()), ProgressBar(NoSettings())])
     return StandardTrainer(settings(**overrides)).fit(context), model
 
 
@@ -240,6 +245,21 @@ def test_bf16_autocast_trains(tmp_path):
     summary, _ = fit(tmp_path, precision="bf16", max_steps=20, log_every=10)
     train = metrics(tmp_path, "train")
     assert summary["steps"] == 20 and train[1]["loss"] < train[0]["loss"]
+
+
+def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    state = capture_rng_state()
+    expected = (random.random(), np.random.rand(), torch.rand(3))
+    torch.save(state, tmp_path / "rng.pt")
+    random.seed(9)
+    np.random.seed(9)
+    torch.manual_seed(9)
+    restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    again = (random.random(), np.random.rand(), torch.rand(3))
+    assert again[:2] == expected[:2] and torch.equal(again[2], expected[2])
 
 
 def test_schedule_values():
