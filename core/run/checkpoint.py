@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,6 @@ from lmforge.atomic import atomic_dir, atomic_write_text, is_complete
 from lmforge.errors import LmforgeError
 
 CHECKPOINTS = "checkpoints"
-BEST = "best"
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "trainer.pt"
 META_FILE = "meta.json"
@@ -49,23 +47,6 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, state: dict[str,
     return final
 
 
-def save_best_weights(run_dir: Path, step: int, model: nn.Module, val_loss: float) -> Path:
-    """Replace `run_dir/best/` atomically with the weights of `step` and its validation loss."""
-    folder = Path(run_dir) / BEST
-    meta = {"step": step, "val_loss": val_loss, "lmforge_version": __version__}
-    with atomic_dir(folder, MARKER) as tmp:
-        save_model(model, str(tmp / MODEL_FILE))
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n",
-                                     encoding="utf-8")
-    return folder
-
-
-def best_weights(run_dir: Path) -> Path | None:
-    """The complete `best/` folder of a run, if it has one."""
-    folder = Path(run_dir) / BEST
-    return folder if is_complete(folder, MARKER) else None
-
-
 def update_meta(folder: Path, changes: dict[str, Any]) -> None:
     """Add `changes` to a checkpoint's meta.json atomically: the folder stays complete."""
     meta = {**read_meta(folder), **changes}
@@ -78,7 +59,8 @@ def checkpoint_step(folder: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _step_folders(run_dir: Path) -> list[tuple[int, Path]]:
+def step_folders(run_dir: Path) -> list[tuple[int, Path]]:
+    """Every `step-N` folder of a run with its step, complete or not, oldest first."""
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
@@ -88,7 +70,7 @@ def _step_folders(run_dir: Path) -> list[tuple[int, Path]]:
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
     """The complete checkpoints of a run, oldest first; unfinished ones are ignored."""
-    return [p for _, p in _step_folders(run_dir) if is_complete(p, MARKER)]
+    return [p for _, p in step_folders(run_dir) if is_complete(p, MARKER)]
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -125,44 +107,3 @@ def read_meta(folder: Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise LmforgeError(f"checkpoint {folder}: expected a JSON object in {path}: {exc}") from exc
-
-
-def check_compatible(meta: dict[str, Any], config_hash: str, tokenizer_hash: str,
-                     folder: Path | str | None = None) -> None:
-    """Refuse to resume from a checkpoint written with another config or tokenizer."""
-    where = folder if folder is not None else f"step {meta.get('step')}"
-    for what, expected in (("config", config_hash), ("tokenizer", tokenizer_hash)):
-        saved = meta.get(f"{what}_hash")
-        if saved != expected:
-            raise LmforgeError(
-                f"cannot resume from checkpoint {where}: it was written with {what} hash "
-                f"{saved!r}, but the {what} now hashes to {expected!r}; the {what} changed since "
-                f"the checkpoint was written. Restore the {what} it was written with, or start "
-                f"a new run under another name")
-
-
-def prune_checkpoints(run_dir: Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest `keep_last` complete checkpoints, and older unfinished ones.
-
-    Call it once the newest checkpoint is complete; it never deletes the newest. Returns the
-    folders removed.
-    """
-    if keep_last < 2:
-        raise LmforgeError(f"keep_last: expected at least 2 (one checkpoint may be half-written "
-                           f"when a run dies), found {keep_last}")
-    folders = _step_folders(run_dir)
-    complete = [(step, p) for step, p in folders if is_complete(p, MARKER)]
-    if not complete:
-        return []
-    kept = {p for _, p in complete[-keep_last:]}
-    newest = complete[-1][0]
-    removed = [p for step, p in folders if p not in kept and step < newest]
-    for folder in removed:
-        # Marker first: a deletion cut short leaves an incomplete folder, never a broken one.
-        (folder / MARKER).unlink(missing_ok=True)
-        shutil.rmtree(folder)
-    for leftover in (Path(run_dir) / CHECKPOINTS).glob(".step-*.tmp-*"):
-        # Temporary folders of a process killed while saving.
-        shutil.rmtree(leftover, ignore_errors=True)
-    return removed
-

@@ -30,8 +30,8 @@ EVAL_FILE = "eval.json"
 
 
 class MetricsLog(Callback):
-    """metrics.jsonl, the callback every trainer runs first: at the start of a session it keeps
-    the lines up to the resumed step (none on a fresh start), then appends one per event."""
+    """metrics.jsonl, the callback every trainer runs first: a session keeps the lines up to the
+    step it resumes from (none when it starts afresh), then appends one line per event."""
 
     def __init__(self, run_dir: Path) -> None:
         super().__init__(NoSettings())
@@ -40,26 +40,22 @@ class MetricsLog(Callback):
         self._handle = None  # open from the start of a session to its end
 
     def on_fit_start(self, context: Any, record: dict[str, Any]) -> None:
-        self.records = [r for r in read_jsonl(self.path) if r.get("step", 0) <= record["step"]
-                        ] if record.get("resumed") else []
+        kept = read_jsonl(self.path) if record.get("resumed") else []
+        self.records = [r for r in kept if r.get("step", 0) <= record["step"]]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
         self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed at fit end
         self.write(record)
-
-    def on_train_log(self, record: dict[str, Any]) -> None:
-        self.write(record)
-
-    def on_eval(self, record: dict[str, Any]) -> None:
-        self.write(record)
-
-    def on_fit_end(self, summary: dict[str, Any] | None) -> None:
-        if self._handle is not None:
-            self._handle.close()
 
     def write(self, record: dict[str, Any]) -> None:
         self.records.append(record)
         self._handle.write(json.dumps(record) + "\n")
         self._handle.flush()
+
+    on_train_log = on_eval = write
+
+    def on_fit_end(self, summary: dict[str, Any] | None) -> None:
+        if self._handle is not None:
+            self._handle.close()
 
     def last(self, event: str) -> dict[str, Any] | None:
         return next((r for r in reversed(self.records) if r.get("event") == event), None)

@@ -1,18 +1,29 @@
-"""What a training session carries over a resume and a Ctrl-C: RNG streams, seconds, the flag."""
+"""The standard trainer's state: RNG streams, training seconds, Ctrl-C, kept and best weights."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import random
+import shutil
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import save_model
+from torch import nn
+
+from lmforge import __version__
+from lmforge.atomic import atomic_dir, is_complete
+from lmforge.errors import LmforgeError
+from lmforge.run.checkpoint import CHECKPOINTS, MARKER, META_FILE, MODEL_FILE, step_folders
 
 STATE_FORMAT = 1  # of the trainer state saved with each checkpoint
+BEST = "best"  # the folder of the weights with the best validation loss (restore_best)
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -118,3 +129,60 @@ class Stopwatch:
             yield
         finally:
             self.started = time.perf_counter()
+
+
+def save_best_weights(run_dir: Path, step: int, model: nn.Module, val_loss: float) -> Path:
+    """Replace `run_dir/best/` atomically with the weights of `step` and its validation loss."""
+    folder = Path(run_dir) / BEST
+    meta = {"step": step, "val_loss": val_loss, "lmforge_version": __version__}
+    with atomic_dir(folder, MARKER) as tmp:
+        save_model(model, str(tmp / MODEL_FILE))
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n",
+                                     encoding="utf-8")
+    return folder
+
+
+def best_weights(run_dir: Path) -> Path | None:
+    """The complete `best/` folder of a run, if it has one."""
+    folder = Path(run_dir) / BEST
+    return folder if is_complete(folder, MARKER) else None
+
+
+def check_compatible(meta: dict[str, Any], config_hash: str, tokenizer_hash: str,
+                     folder: Path | str | None = None) -> None:
+    """Refuse to resume from a checkpoint written with another config or tokenizer."""
+    where = folder if folder is not None else f"step {meta.get('step')}"
+    for what, expected in (("config", config_hash), ("tokenizer", tokenizer_hash)):
+        saved = meta.get(f"{what}_hash")
+        if saved != expected:
+            raise LmforgeError(
+                f"cannot resume from checkpoint {where}: it was written with {what} hash "
+                f"{saved!r}, but the {what} now hashes to {expected!r}; the {what} changed since "
+                f"the checkpoint was written. Restore the {what} it was written with, or start "
+                f"a new run under another name")
+
+
+def prune_checkpoints(run_dir: Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest `keep_last` complete checkpoints, and older unfinished ones.
+
+    Call it once the newest checkpoint is complete; it never deletes the newest. Returns the
+    folders removed.
+    """
+    if keep_last < 2:
+        raise LmforgeError(f"keep_last: expected at least 2 (one checkpoint may be half-written "
+                           f"when a run dies), found {keep_last}")
+    folders = step_folders(run_dir)
+    complete = [(step, p) for step, p in folders if is_complete(p, MARKER)]
+    if not complete:
+        return []
+    kept = {p for _, p in complete[-keep_last:]}
+    newest = complete[-1][0]
+    removed = [p for step, p in folders if p not in kept and step < newest]
+    for folder in removed:
+        # Marker first: a deletion cut short leaves an incomplete folder, never a broken one.
+        (folder / MARKER).unlink(missing_ok=True)
+        shutil.rmtree(folder)
+    for leftover in (Path(run_dir) / CHECKPOINTS).glob(".step-*.tmp-*"):
+        # Temporary folders of a process killed while saving.
+        shutil.rmtree(leftover, ignore_errors=True)
+    return removed
