@@ -25,8 +25,8 @@ COMPONENT_SECTIONS = {
     "export": "exporter",
     "serve": "server",
 }
-# What a section names when the config leaves it out: the schema's defaults, shown filled in
-# by `lmforge config show` like every other default.
+# What a section (or `callbacks`) names when the config leaves it out: the schema's defaults,
+# shown filled in by `lmforge config show` like every other default.
 DEFAULT_COMPONENTS = {"task": "lm", "trainer": "standard"}
 DEFAULT_CALLBACKS = ["loss-plot", "progress-bar"]
 RUN_KEYS = ("name", "runs_dir", "seed")
@@ -284,7 +284,7 @@ class _Resolver:
         else:
             source = self.component("data_source", raw["source"], ("data", "source"))
         preprocess = self.component_list("preprocessor", raw.get("preprocess") or [],
-                                     ("data", "preprocess"))
+                                         ("data", "preprocess"))
         split = self.settings(SplitSettings, raw.get("split") or {}, ("data", "split"))
         if source is None or split is None or preprocess is None:
             return None

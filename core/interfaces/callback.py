@@ -16,7 +16,8 @@ class Callback:
 
     A trainer calls the hooks in the order of `TrainContext.callbacks`, with the records it
     writes to metrics.jsonl (whose own writer comes first, so the file is up to date in every
-    hook). A callback must not draw from the random generators: a resumed run would differ.
+    hook); the keys listed below are the standard trainer's. A callback must not draw from the
+    random generators: a resumed run would differ from an uninterrupted one.
     """
 
     Settings = NoSettings
