@@ -34,6 +34,7 @@ _INTERFACES = {
     "TaskData": "lmforge.interfaces.task",
     "Trainer": "lmforge.interfaces.trainer",
     "TrainContext": "lmforge.interfaces.trainer",
+    "Callback": "lmforge.interfaces.callback",
 }
 
 

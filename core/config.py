@@ -25,12 +25,13 @@ COMPONENT_SECTIONS = {
     "export": "exporter",
     "serve": "server",
 }
-# What a section names when the config leaves it out: the schema's defaults, shown filled in
-# by `lmforge config show` like every other default.
+# What a section (or `callbacks`) names when the config leaves it out: the schema's defaults,
+# shown filled in by `lmforge config show` like every other default.
 DEFAULT_COMPONENTS = {"task": "lm", "trainer": "standard"}
+DEFAULT_CALLBACKS = ["loss-plot", "progress-bar"]
 RUN_KEYS = ("name", "runs_dir", "seed")
 # Core sections; plugins add more through `register_config_sections` (e.g. `sweep`).
-CORE_SECTIONS = (*RUN_KEYS, "data", *COMPONENT_SECTIONS, "sample")
+CORE_SECTIONS = (*RUN_KEYS, "data", *COMPONENT_SECTIONS, "callbacks", "sample")
 DATA_KEYS = ("source", "preprocess", "split")
 
 
@@ -96,6 +97,9 @@ class RunConfig:
     seed: int
     data: DataConfig | None
     components: dict[str, Component] = field(default_factory=dict)
+    # Callbacks watch training and never change the weights, so they stay out of the config
+    # hash (pipeline.RESUME_SAFE): adding one neither retrains a finished run nor blocks a resume.
+    callbacks: list[Component] = field(default_factory=list)
     sample: SampleSettings = field(default_factory=SampleSettings)
     # Sections plugins declared (e.g. `sweep`): read by the plugin's own commands, never by
     # training, so they stay out of the config hash.
@@ -111,6 +115,7 @@ class RunConfig:
         if self.data is not None:
             resolved["data"] = self.data.to_dict()
         resolved.update({key: c.to_dict() for key, c in self.components.items()})
+        resolved["callbacks"] = [c.to_dict() for c in self.callbacks]
         resolved["sample"] = self.sample.model_dump(mode="json")
         resolved.update((key, section.model_dump(mode="json"))
                         for key, section in self.sections.items())
@@ -266,6 +271,14 @@ class _Resolver:
                                  path)
         return Component(_format_path(path), entry, settings) if settings else None
 
+    def component_list(self, kind: str, value: Any, path: tuple) -> list[Component] | None:
+        """A list of components (`data.preprocess`, `callbacks`); None if any is wrong."""
+        if not isinstance(value, list):
+            self.problem(path, f"expected a list of {kind}s, found {value!r}")
+            return None
+        found = [self.component(kind, item, (*path, i)) for i, item in enumerate(value)]
+        return None if None in found else found
+
     def data(self, raw: Any) -> DataConfig | None:
         if not isinstance(raw, dict):
             self.problem(("data",),
@@ -279,15 +292,10 @@ class _Resolver:
             self.problem(("data",), "missing 'source': the data source to read")
         else:
             source = self.component("data_source", raw["source"], ("data", "source"))
-        steps = raw.get("preprocess") or []
-        if not isinstance(steps, list):
-            self.problem(("data", "preprocess"),
-                         f"expected a list of preprocessors, found {steps!r}")
-            steps = []
-        preprocess = [self.component("preprocessor", step, ("data", "preprocess", i))
-                      for i, step in enumerate(steps)]
+        preprocess = self.component_list("preprocessor", raw.get("preprocess") or [],
+                                         ("data", "preprocess"))
         split = self.settings(SplitSettings, raw.get("split") or {}, ("data", "split"))
-        if source is None or split is None or None in preprocess:
+        if source is None or split is None or preprocess is None:
             return None
         return DataConfig(source, preprocess, split)
 
@@ -330,6 +338,9 @@ def resolve(raw: dict[str, Any], registry: Registry, *, origin: str = "<config>"
         resolver.problem(("name",), f"the run is named after the config file, but "
                                     f"{default_name!r} is not a folder name ({RUN_NAME}); "
                                     f"set `name`")
+    callbacks = resolver.component_list(
+        "callback", (raw["callbacks"] or []) if "callbacks" in raw else DEFAULT_CALLBACKS,
+        ("callbacks",))
     sample = resolver.settings(SampleSettings, raw.get("sample") or {}, ("sample",))
     sections = {key: resolver.settings(registry.get("config_section", key).settings,
                                        raw[key] or {}, (key,))
@@ -339,7 +350,7 @@ def resolve(raw: dict[str, Any], registry: Registry, *, origin: str = "<config>"
         raise ConfigError(f"{count} problem{'s' if count > 1 else ''} in the config:\n  "
                           + "\n  ".join(resolver.problems))
     return RunConfig(name=run.name or default_name, runs_dir=Path(run.runs_dir), seed=run.seed,
-                     data=data, components=components, sample=sample,
+                     data=data, components=components, callbacks=callbacks, sample=sample,
                      sections=sections)
 
 

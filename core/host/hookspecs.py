@@ -64,7 +64,8 @@ def register_metrics(register):
 
 @hookspec
 def register_callbacks(register):
-    """Register training-loop callbacks; loggers are callbacks."""
+    """Register callbacks (subclasses of `lmforge.Callback`): they watch training, and a config
+    lists the ones a run uses under `callbacks:`."""
 
 
 @hookspec

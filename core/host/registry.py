@@ -35,6 +35,7 @@ INTERFACES = {
     "model": "lmforge.interfaces.model:Model",
     "task": "lmforge.interfaces.task:Task",
     "trainer": "lmforge.interfaces.trainer:Trainer",
+    "callback": "lmforge.interfaces.callback:Callback",
     "config_section": "lmforge.settings:Settings",
 }
 

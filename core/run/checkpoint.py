@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import json
-import random
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
 from lmforge import __version__
-from lmforge.atomic import atomic_dir, atomic_write_text, is_complete, remove_dir
+from lmforge.atomic import atomic_dir, atomic_write_text, is_complete
 from lmforge.errors import LmforgeError
 
 CHECKPOINTS = "checkpoints"
-BEST = "best"
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "trainer.pt"
 META_FILE = "meta.json"
@@ -51,23 +47,6 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, state: dict[str,
     return final
 
 
-def save_best_weights(run_dir: Path, step: int, model: nn.Module, val_loss: float) -> Path:
-    """Replace `run_dir/best/` atomically with the weights of `step` and its validation loss."""
-    folder = Path(run_dir) / BEST
-    meta = {"step": step, "val_loss": val_loss, "lmforge_version": __version__}
-    with atomic_dir(folder, MARKER) as tmp:
-        save_model(model, str(tmp / MODEL_FILE))
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n",
-                                     encoding="utf-8")
-    return folder
-
-
-def best_weights(run_dir: Path) -> Path | None:
-    """The complete `best/` folder of a run, if it has one."""
-    folder = Path(run_dir) / BEST
-    return folder if is_complete(folder, MARKER) else None
-
-
 def update_meta(folder: Path, changes: dict[str, Any]) -> None:
     """Add `changes` to a checkpoint's meta.json atomically: the folder stays complete."""
     meta = {**read_meta(folder), **changes}
@@ -80,7 +59,8 @@ def checkpoint_step(folder: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _step_folders(run_dir: Path) -> list[tuple[int, Path]]:
+def step_folders(run_dir: Path) -> list[tuple[int, Path]]:
+    """Every `step-N` folder of a run with its step, complete or not, oldest first."""
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
@@ -90,7 +70,7 @@ def _step_folders(run_dir: Path) -> list[tuple[int, Path]]:
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
     """The complete checkpoints of a run, oldest first; unfinished ones are ignored."""
-    return [p for _, p in _step_folders(run_dir) if is_complete(p, MARKER)]
+    return [p for _, p in step_folders(run_dir) if is_complete(p, MARKER)]
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -142,58 +122,3 @@ def check_compatible(meta: dict[str, Any], config_hash: str, tokenizer_hash: str
                 f"{saved!r}, but the {what} now hashes to {expected!r}; the {what} changed since "
                 f"the checkpoint was written. Restore the {what} it was written with, or start "
                 f"a new run under another name")
-
-
-def prune_checkpoints(run_dir: Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest `keep_last` complete checkpoints, and older unfinished ones.
-
-    Call it once the newest checkpoint is complete; it never deletes the newest. Returns the
-    folders removed.
-    """
-    if keep_last < 2:
-        raise LmforgeError(f"keep_last: expected at least 2 (one checkpoint may be half-written "
-                           f"when a run dies), found {keep_last}")
-    folders = _step_folders(run_dir)
-    complete = [(step, p) for step, p in folders if is_complete(p, MARKER)]
-    if not complete:
-        return []
-    kept = {p for _, p in complete[-keep_last:]}
-    newest = complete[-1][0]
-    removed = [p for step, p in folders if p not in kept and step < newest]
-    for folder in removed:
-        remove_dir(folder, MARKER)
-    for leftover in (Path(run_dir) / CHECKPOINTS).glob(".step-*.tmp-*"):
-        # Temporary folders of a process killed while saving.
-        shutil.rmtree(leftover, ignore_errors=True)
-    return removed
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """Python, NumPy and torch RNG states as tensors and plain values (loadable weights_only)."""
-    version, internal, gauss = random.getstate()
-    numpy_state = np.random.get_state(legacy=False)
-    state = {
-        "python": {"version": version, "internal": list(internal), "gauss": gauss},
-        "numpy": {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
-                  "pos": int(numpy_state["state"]["pos"]),
-                  "has_gauss": int(numpy_state["has_gauss"]),
-                  "gauss": float(numpy_state["gauss"])},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    """Set the RNGs back to a state `capture_rng_state` returned."""
-    python = state["python"]
-    random.setstate((python["version"], tuple(python["internal"]), python["gauss"]))
-    numpy = state["numpy"]
-    np.random.set_state({"bit_generator": "MT19937",
-                         "state": {"key": numpy["key"].numpy().astype(np.uint32),
-                                   "pos": numpy["pos"]},
-                         "has_gauss": numpy["has_gauss"], "gauss": numpy["gauss"]})
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

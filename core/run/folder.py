@@ -5,8 +5,9 @@
     runs/NAME/tokenizer.json     the trained tokenizer (the pipeline)
     runs/NAME/checkpoints/step-N/  weights, trainer state and meta (a trainer, through
                                  lmforge.run.checkpoint); `load_run` takes the latest complete one
-    runs/NAME/metrics.jsonl      one JSON object per event, written by a trainer through
-                                 `MetricsLog`: {"event": "run" | "train" | "eval", "step": N, ...};
+    runs/NAME/metrics.jsonl      one JSON object per event, written by a trainer through its
+                                 `MetricsLog` callback: {"event": "run" | "train" | "eval",
+                                 "step": N, ...};
                                  "eval" events carry "val_loss", which the search prunes on
     runs/NAME/eval.json          figures per split or data file (the pipeline and `lmforge eval`)
 """
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.atomic import atomic_write_text
+from lmforge.interfaces.callback import Callback
+from lmforge.settings import NoSettings
 
 CONFIG_FILE = "config.yaml"
 SPEC_FILE = "model_spec.json"
@@ -26,23 +29,33 @@ METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.json"
 
 
-class MetricsLog:
-    """metrics.jsonl: keeps the lines up to the resumed step, then appends one per event."""
+class MetricsLog(Callback):
+    """metrics.jsonl, the callback every trainer runs first: a session keeps the lines up to the
+    step it resumes from (none when it starts afresh), then appends one line per event."""
 
-    def __init__(self, path: Path, keep_through: int | None) -> None:
-        self.path = path
-        self.records = [] if keep_through is None else [
-            r for r in read_jsonl(path) if r.get("step", 0) <= keep_through]
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in self.records))
-        self._handle = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(NoSettings())
+        self.path = Path(run_dir) / METRICS_FILE
+        self.records: list[dict[str, Any]] = []
+        self._handle = None  # open from the start of a session to its end
+
+    def on_fit_start(self, context: Any, record: dict[str, Any]) -> None:
+        kept = read_jsonl(self.path) if record.get("resumed") else []
+        self.records = [r for r in kept if r.get("step", 0) <= record["step"]]
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+        self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed at fit end
+        self.write(record)
 
     def write(self, record: dict[str, Any]) -> None:
         self.records.append(record)
         self._handle.write(json.dumps(record) + "\n")
         self._handle.flush()
 
-    def close(self) -> None:
-        self._handle.close()
+    on_train_log = on_eval = write
+
+    def on_fit_end(self, summary: dict[str, Any] | None) -> None:
+        if self._handle is not None:
+            self._handle.close()
 
     def last(self, event: str) -> dict[str, Any] | None:
         return next((r for r in reversed(self.records) if r.get("event") == event), None)

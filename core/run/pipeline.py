@@ -31,7 +31,7 @@ from lmforge.run.folder import CONFIG_FILE, EVAL_FILE, SPEC_FILE, TOKENIZER_FILE
 # Settings that change how a run is watched or paced, not what it computes: a run may resume
 # with other values for these.
 RESUME_SAFE = {
-    ("name",), ("runs_dir",), ("sample",),
+    ("name",), ("runs_dir",), ("sample",), ("callbacks",),
     ("trainer", "max_time"), ("trainer", "checkpoint_every"), ("trainer", "keep_last"),
     ("trainer", "log_every"), ("trainer", "threads"), ("trainer", "device"),
 }
@@ -159,7 +159,7 @@ def run(config_path: str, registry: Registry, overrides: tuple[str, ...] = (), *
         summary = trainer.fit(TrainContext(
             run_dir=run_dir, model=model, task=task, seed=config.seed, config_hash=digest,
             tokenizer_hash=data.tokenizer_hash, resume=resume, model_info=info,
-            kernels=model.kernels_backend))
+            kernels=model.kernels_backend, callbacks=[c.create() for c in config.callbacks]))
         if summary.get("interrupted"):
             console.print("interrupted: the checkpoint is saved; --resume continues")
             return {"train": summary}
@@ -196,7 +196,7 @@ def evaluate_run(config: RunConfig, task: Task, model: torch.nn.Module, console:
     Figures already in eval.json for the same checkpoint (`lmforge eval --data` files) stay;
     those of other checkpoints are dropped, since they describe weights that are gone.
     """
-    batch_size = getattr(config.components["trainer"].settings, "batch_size", 16)
+    batch_size = config.components["trainer"].create().eval_batch_size
     results = {}
     for split in splits:
         try:

@@ -19,7 +19,7 @@ PLAIN_SGD = '''
 
     from lmforge import Settings, Trainer, hookimpl
     from lmforge.run.checkpoint import checkpoint_dir, save_checkpoint
-    from lmforge.run.folder import METRICS_FILE, MetricsLog
+    from lmforge.run.folder import MetricsLog
 
 
     class PlainSgd(Trainer):
@@ -33,25 +33,26 @@ PLAIN_SGD = '''
         def fit(self, context):
             s, task, model = self.settings, context.task, context.model
             optimizer = torch.optim.SGD(model.parameters(), lr=s.lr)
-            log = MetricsLog(context.run_dir / METRICS_FILE, None)
+            log = MetricsLog(context.run_dir)
+            log.on_fit_start(context, {"event": "run", "step": 0, "resumed": False})
             model.train()
             for step in range(1, s.max_steps + 1):
                 loss, _ = task.loss(model, task.train_batch(step - 1, s.batch_size, context.seed))
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                log.write({"event": "train", "step": step, "loss": loss.item()})
+                log.on_train_log({"event": "train", "step": step, "loss": loss.item()})
             model.eval()
             with torch.no_grad():
                 val = [task.loss(model, b)[0].item() for b in task.eval_batches("val", 16, 2)]
-            log.write({"event": "eval", "step": s.max_steps, "val_loss": sum(val) / len(val)})
-            log.close()
+            log.on_eval({"event": "eval", "step": s.max_steps, "val_loss": sum(val) / len(val)})
             summary = {"steps": s.max_steps, "interrupted": False,
                        "checkpoint": str(checkpoint_dir(context.run_dir, s.max_steps))}
             save_checkpoint(context.run_dir, s.max_steps, model, {"step": s.max_steps},
                             {"config_hash": context.config_hash,
                              "tokenizer_hash": context.tokenizer_hash, "final": True,
                              "summary": summary})
+            log.on_fit_end(summary)
             return summary
 
 

@@ -1,6 +1,8 @@
 """The standard trainer on a tiny task: learning, checkpoints, exact resume after Ctrl-C, limits."""
 
 import json
+import os
+import random
 import signal
 import time
 
@@ -15,8 +17,22 @@ from lmforge.errors import LmforgeError
 from lmforge.interfaces.model import ModelSpec
 from lmforge.interfaces.task import Task
 from lmforge.interfaces.trainer import TrainContext
-from lmforge.plugins.training.trainer import StandardTrainer, lr_factor, param_groups
-from lmforge.run.checkpoint import complete_checkpoints, load_trainer_state, read_meta
+from lmforge.plugins.training.callbacks import LossPlot, ProgressBar
+from lmforge.plugins.training.optim import lr_factor, param_groups
+from lmforge.plugins.training.state import (
+    capture_rng_state,
+    prune_checkpoints,
+    restore_rng_state,
+)
+from lmforge.plugins.training.trainer import StandardTrainer
+from lmforge.run.checkpoint import (
+    check_compatible,
+    checkpoint_dir,
+    complete_checkpoints,
+    load_trainer_state,
+    read_meta,
+    save_checkpoint,
+)
 from lmforge.settings import NoSettings
 
 VOCAB = 16
@@ -106,7 +122,8 @@ def fit(run_dir, task=None, model_seed=0, resume=False, config_hash="c1", **over
     model = TinyLM()
     context = TrainContext(run_dir=run_dir, model=model, task=task or WindowTask(), seed=7,
                            config_hash=config_hash, tokenizer_hash="t1", resume=resume,
-                           model_info={"name": "tiny"}, kernels="reference")
+                           model_info={"name": "tiny"}, kernels="reference",
+                           callbacks=[LossPlot(NoSettings()), ProgressBar(NoSettings())])
     return StandardTrainer(settings(**overrides)).fit(context), model
 
 
@@ -240,6 +257,49 @@ def test_bf16_autocast_trains(tmp_path):
     summary, _ = fit(tmp_path, precision="bf16", max_steps=20, log_every=10)
     train = metrics(tmp_path, "train")
     assert summary["steps"] == 20 and train[1]["loss"] < train[0]["loss"]
+
+
+def save(run_dir, step):
+    return save_checkpoint(run_dir, step, TinyLM(), {"step": step},
+                           {"config_hash": "c", "tokenizer_hash": "t"})
+
+
+def test_prune_keeps_the_newest_and_clears_leftovers(tmp_path):
+    for step in (1, 2, 3, 4):
+        save(tmp_path, step)
+    checkpoint_dir(tmp_path, 0).mkdir()
+    (tmp_path / "checkpoints" / ".step-00000005.tmp-999").mkdir()
+    removed = prune_checkpoints(tmp_path, keep_last=2)
+    assert sorted(p.name for p in removed) == ["step-00000000", "step-00000001", "step-00000002"]
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["step-00000003", "step-00000004"]
+    with pytest.raises(LmforgeError, match="keep_last: expected at least 2.*found 1"):
+        prune_checkpoints(tmp_path, keep_last=1)
+
+
+def test_a_changed_config_or_tokenizer_is_refused(tmp_path):
+    folder = save(tmp_path, 5)
+    meta = read_meta(folder)
+    check_compatible(meta, "c", "t", folder)
+    with pytest.raises(LmforgeError, match=r"step-00000005: .*config hash 'c', but the config "
+                                           r"now hashes to 'other'.*changed since"):
+        check_compatible(meta, "other", "t", folder)
+    with pytest.raises(LmforgeError, match=r"step 5: .*tokenizer hash 't'.*tokenizer changed"):
+        check_compatible(meta, "c", "x")
+
+
+def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    state = capture_rng_state()
+    expected = (random.random(), np.random.rand(), torch.rand(3))
+    torch.save(state, tmp_path / "rng.pt")
+    random.seed(9)
+    np.random.seed(9)
+    torch.manual_seed(9)
+    restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    again = (random.random(), np.random.rand(), torch.rand(3))
+    assert again[:2] == expected[:2] and torch.equal(again[2], expected[2])
 
 
 def test_schedule_values():

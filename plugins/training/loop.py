@@ -1,0 +1,424 @@
+"""The standard trainer's loop: steps, logging, evaluation, checkpoints and the summary."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from rich.console import Console
+
+from lmforge.errors import LmforgeError
+from lmforge.interfaces.trainer import TrainContext
+from lmforge.plugins.training.optim import build_optimizer, lr_factor
+from lmforge.plugins.training.peak import peak_flops
+from lmforge.plugins.training.state import (
+    STATE_FORMAT,
+    Interrupt,
+    Stopwatch,
+    best_weights,
+    capture_rng_state,
+    prune_checkpoints,
+    restore_rng_state,
+    save_best_weights,
+    seed_training_rng,
+    torch_rng_state,
+)
+from lmforge.run.checkpoint import (
+    check_compatible,
+    checkpoint_dir,
+    checkpoint_step,
+    complete_checkpoints,
+    latest_checkpoint,
+    load_model_weights,
+    load_trainer_state,
+    read_meta,
+    save_checkpoint,
+    update_meta,
+)
+from lmforge.run.folder import MetricsLog
+
+if TYPE_CHECKING:
+    from lmforge.plugins.training.trainer import StandardTrainer
+
+
+def _resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise LmforgeError("trainer.device: cuda was asked for, but torch finds no CUDA device "
+                           f"(torch {torch.__version__}); use device: auto or cpu")
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(requested)
+
+
+@contextlib.contextmanager
+def _num_threads(threads: int | None):
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+class Fit:
+    """One call of StandardTrainer.fit: the loop, its state and the callbacks it calls."""
+
+    def __init__(self, settings: StandardTrainer.Settings, context: TrainContext) -> None:
+        self.s = settings
+        self.context = context
+        self.run_dir = Path(context.run_dir)
+        self.task = context.task
+        self.console = Console(stderr=True)
+        self.interrupt = Interrupt()
+        self.metrics = MetricsLog(self.run_dir)
+        self.callbacks = [self.metrics, *context.callbacks]
+        self.step = 0
+        self.micro_index = 0  # the data position: micro-batches consumed so far
+        self.tokens = 0
+        self.best_val_loss: float | None = None
+        self.restored_step: int | None = None
+        self.last_val_loss: float | None = None
+        self.evals_without_improvement = 0
+        self.last_eval_step: int | None = None
+        self.last_checkpoint: Path | None = None
+        self.last_checkpoint_final = False  # marked as the end of a finished run
+        self.window_micro_batches = 0  # the train loss is logged as their mean
+        self.grad_norm: torch.Tensor | None = None
+
+    def run(self) -> dict[str, Any]:
+        with _num_threads(self.s.threads), self.interrupt:
+            state = self._setup()
+            summary = None
+            try:
+                seconds = state["train_seconds"] if state else 0.0
+                self._call("on_fit_start", self.context, self._run_record(state, seconds))
+                self._start(state, seconds)
+                summary = self._finish(self._loop())
+            finally:
+                self._call("on_fit_end", summary)
+        self._print_summary(summary)
+        return summary
+
+    def _call(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(*args)
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def _setup(self) -> dict[str, Any] | None:
+        """Device, model, optimizer and, when resuming, the checkpoint's state."""
+        context, s = self.context, self.s
+        self.device = _resolve_device(s.device)
+        self.model = context.model.to(self.device)
+        self.model.train()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(self.model, s)
+        self.window_loss = torch.zeros((), device=self.device)
+        self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
+                         if s.precision == "bf16" else contextlib.nullcontext())
+        state = self._resume_state()
+        self._setup_flops()
+        return state
+
+    def _start(self, state: dict[str, Any] | None, seconds: float) -> None:
+        self.clock = Stopwatch(seconds, self.device)
+        self.log_mark = (self.tokens, seconds)
+        # Last, so nothing before (the peak probe, callbacks) draws from the training streams.
+        if state is None:
+            seed_training_rng(self.context.seed)
+        else:
+            restore_rng_state(state["rng"])
+
+    def _resume_state(self) -> dict[str, Any] | None:
+        """Load the latest checkpoint when resuming; refuse to overwrite one otherwise."""
+        if not self.context.resume:
+            existing = complete_checkpoints(self.run_dir)
+            if existing:
+                raise LmforgeError(
+                    f"{self.run_dir} already has {len(existing)} complete checkpoint(s), the "
+                    f"latest {existing[-1].name}; resume it with --resume, or choose another "
+                    f"run name (the run's `name`) to start afresh without overwriting it")
+            return None
+        folder = latest_checkpoint(self.run_dir)
+        if folder is None:
+            self.console.print(f"no complete checkpoint in {self.run_dir / 'checkpoints'}: "
+                               f"starting from step 0")
+            return None
+        meta = read_meta(folder)
+        check_compatible(meta, self.context.config_hash, self.context.tokenizer_hash, folder)
+        state = load_trainer_state(folder)
+        if state.get("format") != STATE_FORMAT:
+            raise LmforgeError(f"checkpoint {folder}: expected trainer state format "
+                               f"{STATE_FORMAT}, found {state.get('format')!r}")
+        load_model_weights(folder, self.model)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self._restore_counters(state)
+        self.last_checkpoint = folder
+        self.last_checkpoint_final = bool(meta.get("final"))
+        self.console.print(f"resuming from {folder} (step {self.step})")
+        return state
+
+    def _restore_counters(self, state: dict[str, Any]) -> None:
+        self.step = state["step"]
+        self.micro_index = state["micro_batch_index"]
+        self.tokens = state["tokens"]
+        self.best_val_loss = state["best_val_loss"]
+        self.last_val_loss = state["last_val_loss"]
+        self.evals_without_improvement = state["evals_without_improvement"]
+        self.last_eval_step = state["last_eval_step"]
+        self.window_loss = state["window_loss"].to(self.device)
+        self.window_micro_batches = state["window_micro_batches"]
+
+    def _setup_flops(self) -> None:
+        info = self.context.model_info
+        flops = info.get("flops_per_token")
+        if flops is None and callable(getattr(self.model, "flops_per_token", None)):
+            flops = self.model.flops_per_token()
+        self.flops_per_token = flops
+        self.peak = None
+        if flops:
+            dtype = "bfloat16" if self.s.precision == "bf16" else "float32"
+            self.peak, fresh = peak_flops(dtype, self.device.type)
+            if fresh:
+                self.console.print(f"measured the matmul peak ({dtype}, {self.device.type}, "
+                                   f"{torch.get_num_threads()} threads): "
+                                   f"{self.peak / 1e9:.1f} GFLOP/s")
+
+    def _run_record(self, state: dict[str, Any] | None, seconds: float) -> dict[str, Any]:
+        info = self.context.model_info
+        parameters = info.get("parameters") or sum(p.numel() for p in self.params)
+        return {"event": "run", "step": self.step, "resumed": state is not None,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "model": info.get("model") or info.get("name") or type(self.model).__name__,
+                "parameters": parameters,
+                "flops_per_token": self.flops_per_token, "kernels": self.context.kernels,
+                "device": str(self.device), "precision": self.s.precision,
+                "threads": torch.get_num_threads(), "batch_size": self.s.batch_size,
+                "grad_accum": self.s.grad_accum, "peak_flops": self.peak,
+                "max_steps": self.s.max_steps, "max_time": self.s.max_time, "elapsed": seconds}
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _loop(self) -> str:
+        while True:
+            # Taken before this step's dropout draws: an interrupted step restarts from here.
+            self.torch_rng_at_step_start = torch_rng_state(self.device)
+            reason = self._stop_reason()
+            if reason is not None:
+                return reason
+            if not self._train_step():
+                self.optimizer.zero_grad(set_to_none=True)  # drop the unfinished window
+                return "interrupted"
+            self._after_step()
+
+    def _rng_at_step_start(self) -> dict[str, Any]:
+        # Python's and NumPy's generators are taken as they are now, not snapshotted each step:
+        # batches come from (seed, index), never from them, and their snapshot (about 80 us)
+        # would cost more than the rest of the trainer's work per step.
+        return {**capture_rng_state(), **self.torch_rng_at_step_start}
+
+    def _stop_reason(self) -> str | None:
+        s = self.s
+        if self.interrupt.requested:
+            return "interrupted"
+        if s.max_steps is not None and self.step >= s.max_steps:
+            return "max_steps"
+        if s.max_time is not None and self.clock.elapsed() >= s.max_time:
+            return "max_time"
+        if (s.early_stopping_patience is not None
+                and self.evals_without_improvement >= s.early_stopping_patience):
+            return "early_stopping"
+        return None
+
+    def _train_step(self) -> bool:
+        """One optimizer step over `grad_accum` micro-batches; False when interrupted midway."""
+        s, task = self.s, self.task
+        step_loss = None  # the sum of the micro-batch losses
+        tokens = 0
+        for micro in range(s.grad_accum):
+            batch = task.train_batch(self.micro_index + micro, s.batch_size, self.context.seed)
+            if self.interrupt.requested:
+                return False
+            tokens += task.tokens_in(batch)
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            with self.autocast:
+                loss, _ = task.loss(self.model, batch)
+            (loss / s.grad_accum).backward()
+            # A tensor sum, not .item(): no device sync outside the logged steps.
+            step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
+        if s.grad_clip is not None:
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(self.params, s.grad_clip)
+        # The schedule is a pure function of the step: a resumed run needs nothing else for it.
+        lr = s.lr * lr_factor(s, self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.window_loss.add_(step_loss)
+        self.window_micro_batches += s.grad_accum
+        self.step += 1
+        self.micro_index += s.grad_accum
+        self.tokens += tokens
+        return True
+
+    def _after_step(self) -> None:
+        s = self.s
+        if self.step % s.log_every == 0:
+            self._log()
+        if self.step % s.eval_every == 0:
+            with self.clock.paused():
+                self._evaluate()
+        if s.checkpoint_every is not None and self.step % s.checkpoint_every == 0:
+            with self.clock.paused():
+                self._checkpoint(capture_rng_state())
+
+    def _finish(self, reason: str) -> dict[str, Any]:
+        """The last log line, evaluation and checkpoint (its meta `final` unless interrupted)."""
+        self.clock.stop()
+        final = reason != "interrupted"
+        # Saved at this step and nothing since: a resume of the run must not repeat anything.
+        current = (self.last_checkpoint is not None
+                   and checkpoint_step(self.last_checkpoint) == self.step)
+        if final and self.window_micro_batches:
+            self._log()
+            current = False
+        if final and self.last_eval_step != self.step:
+            self._evaluate()
+            current = False
+        if final and self._restore_best():
+            current = False
+        summary = self._summary(reason)
+        if not current:
+            self._checkpoint(self._rng_at_step_start(), {"final": final, "summary": summary})
+        elif final and not self.last_checkpoint_final:
+            update_meta(self.last_checkpoint, {"final": True, "summary": summary})
+        return summary
+
+    # -- logging, evaluation, checkpoints ------------------------------------------------------
+
+    def _log(self) -> None:
+        loss = (self.window_loss / self.window_micro_batches).item()
+        elapsed = self.clock.elapsed()
+        tokens_per_s = (self.tokens - self.log_mark[0]) / max(elapsed - self.log_mark[1], 1e-9)
+        mfu = self._mfu(tokens_per_s)
+        record = {"event": "train", "step": self.step, "loss": loss,
+                  "lr": self.s.lr * lr_factor(self.s, self.step - 1), "tokens": self.tokens,
+                  "tokens_per_s": tokens_per_s, "mfu": mfu, "elapsed": elapsed}
+        if self.grad_norm is not None:
+            record["grad_norm"] = self.grad_norm.item()
+        self.window_loss = torch.zeros((), device=self.device)
+        self.window_micro_batches = 0
+        self.log_mark = (self.tokens, elapsed)
+        self._call("on_train_log", record)
+
+    def _mfu(self, tokens_per_s: float) -> float | None:
+        if not self.flops_per_token or not self.peak:
+            return None
+        return 3 * self.flops_per_token * tokens_per_s / self.peak
+
+    def _evaluate(self) -> None:
+        """Validation loss, weighted by targets; the training RNG streams come out untouched."""
+        rng = capture_rng_state()
+        self.model.eval()
+        total = torch.zeros((), device=self.device, dtype=torch.float64)
+        count = 0
+        with torch.no_grad(), self.autocast:
+            for batch in self.task.eval_batches("val", self.s.batch_size,
+                                                limit=self.s.eval_batches):
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                loss, targets = self.task.loss(self.model, batch)
+                total += loss.double() * targets
+                count += targets
+        self.model.train()
+        restore_rng_state(rng)
+        self.last_eval_step = self.step
+        if count == 0:
+            return  # no validation data: nothing to report or stop on
+        val_loss = (total / count).item()
+        improved = self.best_val_loss is None or val_loss < self.best_val_loss
+        if improved:
+            self.best_val_loss = val_loss
+            self.evals_without_improvement = 0
+            if self.s.restore_best:
+                save_best_weights(self.run_dir, self.step, self.model, val_loss)
+        else:
+            self.evals_without_improvement += 1
+        self.last_val_loss = val_loss
+        self.console.print(f"step {self.step}: val loss {val_loss:.4f}"
+                           + (" (best)" if improved else f" (best {self.best_val_loss:.4f})"))
+        self._call("on_eval", {"event": "eval", "step": self.step, "tokens": self.tokens,
+                               "val_loss": val_loss, "best_val_loss": self.best_val_loss,
+                               "elapsed": self.clock.elapsed()})
+
+    def _trainer_state(self, rng: dict[str, Any]) -> dict[str, Any]:
+        return {"format": STATE_FORMAT, "step": self.step, "micro_batch_index": self.micro_index,
+                "tokens": self.tokens, "train_seconds": self.clock.elapsed(),
+                "optimizer": self.optimizer.state_dict(), "rng": rng,
+                "best_val_loss": self.best_val_loss, "last_val_loss": self.last_val_loss,
+                "evals_without_improvement": self.evals_without_improvement,
+                "last_eval_step": self.last_eval_step, "window_loss": self.window_loss.cpu(),
+                "window_micro_batches": self.window_micro_batches}
+
+    def _checkpoint(self, rng: dict[str, Any], extra_meta: dict[str, Any] | None = None) -> None:
+        meta = {"config_hash": self.context.config_hash,
+                "tokenizer_hash": self.context.tokenizer_hash, "val_loss": self.last_val_loss,
+                "best_val_loss": self.best_val_loss, "tokens": self.tokens, "final": False,
+                **(extra_meta or {})}
+        self.last_checkpoint = save_checkpoint(self.run_dir, self.step, self.model,
+                                               self._trainer_state(rng), meta)
+        self.last_checkpoint_final = meta["final"]
+        prune_checkpoints(self.run_dir, self.s.keep_last)
+        self._call("on_checkpoint", self.step, self.last_checkpoint)
+
+    # -- the end -------------------------------------------------------------------------------
+
+    def _restore_best(self) -> bool:
+        """Load the best evaluation's weights when asked to and they are not the current ones."""
+        best = best_weights(self.run_dir) if self.s.restore_best else None
+        meta = read_meta(best) if best is not None else {}
+        # best/ must be this run's: a folder left by an earlier run in the directory is not
+        if not meta or meta["val_loss"] != self.best_val_loss or meta["step"] > self.step:
+            return False
+        step = self.restored_step = meta["step"]
+        if step == self.step:
+            return False
+        load_model_weights(best, self.model)
+        self.console.print(f"restored the weights of step {step} (best val loss "
+                           f"{self.best_val_loss:.4f})")
+        return True
+
+    def _summary(self, reason: str) -> dict[str, Any]:
+        seconds = self.clock.elapsed()
+        tokens_per_s = self.tokens / seconds if seconds > 0 else 0.0
+        last_train = self.metrics.last("train")
+        return {
+            "stopped": reason, "interrupted": reason == "interrupted", "steps": self.step,
+            "tokens": self.tokens, "train_seconds": seconds, "tokens_per_s": tokens_per_s,
+            "final_train_loss": last_train["loss"] if last_train else None,
+            "best_val_loss": self.best_val_loss, "final_val_loss": self.last_val_loss,
+            "mfu": self._mfu(tokens_per_s), "peak_flops": self.peak,
+            "checkpoint": str(checkpoint_dir(self.run_dir, self.step)),
+            "weights_from_step": self.step if self.restored_step is None else self.restored_step,
+        }
+
+    def _print_summary(self, summary: dict[str, Any]) -> None:
+        lines = [f"stopped at step {summary['steps']} ({summary['stopped']}) after "
+                 f"{summary['train_seconds']:.1f} s of training: {summary['tokens']:,} tokens, "
+                 f"{summary['tokens_per_s']:,.0f} tokens/s"]
+        losses = [f"{name} {summary[key]:.4f}" for name, key in
+                  (("train loss", "final_train_loss"), ("val loss", "final_val_loss"),
+                   ("best val loss", "best_val_loss")) if summary[key] is not None]
+        if losses:
+            lines.append(", ".join(losses))
+        if summary["mfu"] is not None:
+            lines.append(f"MFU {summary['mfu']:.1%} against a measured matmul peak of "
+                         f"{summary['peak_flops'] / 1e9:.1f} GFLOP/s (probe, {self.s.precision}, "
+                         f"{self.device.type})")
+        lines.append(f"checkpoint: {summary['checkpoint']}")
+        if summary["interrupted"]:
+            lines.append("interrupted: resume with --resume")
+        self.console.print("\n".join(lines), highlight=False)
