@@ -221,7 +221,7 @@ def generate_command(host: PluginHost, run_dir: str, prompt: str, max_new_tokens
                      stop_strings: tuple[str, ...], seed: int | None) -> None:
     """Continue a prompt with a trained language model, streaming the text as it comes."""
     from lmforge.interfaces.model import LanguageModel
-    from lmforge.run.generate import generate_text
+    from lmforge.plugins.tasks.generate import generate_text
     from lmforge.run.pipeline import load_run
 
     loaded = load_run(run_dir, host.registry, with_data=False)

@@ -18,7 +18,7 @@ from lmforge.run.pipeline import LoadedRun, load_run, print_figures, report
 
 def _file_tokens(path: Path, tokenizer, registry: Registry) -> tuple[np.ndarray, int]:
     """Tokens of a text file (eos after it, as in training) and its UTF-8 byte count."""
-    from lmforge.data.token_cache import encode_documents
+    from lmforge.plugins.tasks.token_cache import encode_documents
 
     if not path.is_file():
         raise LmforgeError(f"{path}: no such file")

@@ -217,7 +217,7 @@ def report(task: Task, run_dir: Path, results: dict[str, Any], console: Console)
 
 def write_samples(config: RunConfig, model: torch.nn.Module, tokenizer: Tokenizer,
                   console: Console) -> list[str]:
-    from lmforge.run.generate import generate_text
+    from lmforge.plugins.tasks.generate import generate_text
 
     sample = config.sample
     texts = []

@@ -39,7 +39,7 @@ class LanguageModeling(Task):
                                     "length (gpt: block_size), or 128 for models without one")
 
     def setup(self, data: TaskData, context_length: int | None) -> None:
-        from lmforge.data.token_cache import encode_splits
+        from lmforge.plugins.tasks.token_cache import encode_splits
 
         self.prepare_inference(data.tokenizer, (), context_length)
         block = self.block_size
