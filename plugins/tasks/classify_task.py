@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 from rich.console import Console
+from rich.table import Table
 from torch import nn
 
 from lmforge import hookimpl
@@ -21,7 +22,6 @@ from lmforge.errors import LmforgeError
 from lmforge.interfaces.data import Record
 from lmforge.interfaces.model import ModelSpec
 from lmforge.interfaces.task import EVAL_SEED, Batch, Task, TaskData, eval_mode
-from lmforge.interfaces.tokenizer import Tokenizer
 from lmforge.plugins.tasks.metrics import ConfusionMatrix, majority_baseline, plot_confusion
 from lmforge.settings import Settings as ComponentSettings
 
@@ -51,8 +51,11 @@ class Classification(Task):
     texts without replacement, epoch by epoch, in an order that is a function of (seed, epoch),
     so a resumed run sees the batches an uninterrupted one would have; `word_dropout` replaces
     training tokens with `unk` (or `eos` for tokenizers without one) at random, drawn from the
-    same (seed, index).
+    same (seed, index). `lmforge predict` labels texts; `lmforge eval --data` scores a labelled
+    file read with the run's own source settings.
     """
+
+    predicts_labels = True
 
     class Settings(ComponentSettings):
         max_length: int | None = Field(
@@ -97,19 +100,19 @@ class Classification(Task):
         if len(labels) < 2:
             raise LmforgeError(f"the train split has a single label ({labels[0]!r}): a "
                                f"classifier needs at least two")
-        self.prepare_inference(data.tokenizer, labels, context_length)
+        self.prepare_inference(data, labels, context_length)
         self.splits = {split: self._encode_split(split, rows) for split, rows in records.items()}
         self.train_counts = np.bincount(self.splits["train"].labels, minlength=len(labels))
         self.class_weight = self._class_weight()
 
-    def prepare_inference(self, tokenizer: Tokenizer, labels: Sequence[str],
+    def prepare_inference(self, data: TaskData, labels: Sequence[str],
                           context_length: int | None) -> None:
         """What prediction needs and training data is not: the tokenizer, labels, lengths."""
         max_length = self.settings.max_length or context_length or DEFAULT_MAX_LENGTH
         if context_length is not None and max_length > context_length:
             raise LmforgeError(f"task.max_length={max_length} is longer than the model's "
                                f"context length {context_length}")
-        self.tokenizer = tokenizer
+        self.tokenizer = data.tokenizer
         self.labels = list(labels)
         self.label_ids = {label: i for i, label in enumerate(self.labels)}
         self.max_length = max_length
@@ -243,11 +246,12 @@ class Classification(Task):
             raise LmforgeError("no labelled texts to evaluate")
         return {"loss": total_nats / matrix.total, **matrix.summary()}
 
-    def evaluate_records(self, model: nn.Module, records: list[Record], batch_size: int,
-                         where: str) -> dict[str, Any]:
-        """Metrics on labelled records from outside the prepared splits (`lmforge eval --data`)."""
-        _check_labelled(where, records)
-        encoded = self._encode_split(where, records)
+    def evaluate_file(self, model: nn.Module, path: Path, batch_size: int,
+                      read_records: Callable[[Path], list[Record]]) -> dict[str, Any]:
+        """Metrics on the labelled records of a file outside the prepared splits."""
+        records = read_records(path)
+        _check_labelled(str(path), records)
+        encoded = self._encode_split(str(path), records)
         order = np.argsort([len(row) for row in encoded.ids], kind="stable")
         batches = (self.collate([encoded.ids[i] for i in order[s:s + batch_size]],
                                 encoded.labels[order[s:s + batch_size]])
@@ -276,8 +280,6 @@ class Classification(Task):
     def write_report(self, run_dir: Path, results: dict[str, Any], console: Console) -> None:
         """Per-label figures beside the majority baseline, and the confusion matrices as
         plots/confusion-SPLIT.png; plots/confusion.png is the test split's (else val's)."""
-        from lmforge.cli.render import classification_table
-
         plots = run_dir / "plots"
         for split, figures in results.items():
             if "confusion" not in figures:
@@ -289,6 +291,27 @@ class Classification(Task):
             if split == "test" or (split == "val" and "test" not in results):
                 plot_confusion(plots / "confusion.png", figures["confusion"],
                                f"{run_dir.name}: {split}")
+
+
+def classification_table(split: str, figures: dict[str, Any]) -> Table:
+    """Per-label precision, recall, F1 and support, the averages, and the majority baseline."""
+    table = Table(title=f"{split}: accuracy {figures['accuracy']:.4f}, macro F1 "
+                        f"{figures['macro_f1']:.4f} ({figures['examples']:,} texts)",
+                  title_justify="left")
+    for column in ("label", "precision", "recall", "F1", "support"):
+        table.add_column(column, justify="left" if column == "label" else "right")
+    for label, row in figures["per_class"].items():
+        table.add_row(label, f"{row['precision']:.4f}", f"{row['recall']:.4f}",
+                      f"{row['f1']:.4f}", f"{row['support']:,}")
+    table.add_section()
+    table.add_row("macro average", f"{figures['macro_precision']:.4f}",
+                  f"{figures['macro_recall']:.4f}", f"{figures['macro_f1']:.4f}",
+                  f"{figures['examples']:,}")
+    baseline = figures.get("majority_baseline")
+    if baseline is not None:
+        table.caption = (f"majority baseline (always {baseline['label']!r}): accuracy "
+                         f"{baseline['accuracy']:.4f}, macro F1 {baseline['macro_f1']:.4f}")
+    return table
 
 
 def _check_labelled(where: str, rows: Iterable[Record]) -> None:

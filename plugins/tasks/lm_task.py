@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,9 +15,12 @@ from torch import nn
 
 from lmforge import hookimpl
 from lmforge.errors import LmforgeError
+from lmforge.interfaces.data import Record
 from lmforge.interfaces.model import ModelSpec
 from lmforge.interfaces.task import EVAL_SEED, Batch, Task, TaskData, eval_mode
-from lmforge.interfaces.tokenizer import Tokenizer
+from lmforge.plugins.data.sources import TextSource
+from lmforge.plugins.tasks.generate import generate_text
+from lmforge.plugins.tasks.token_cache import encode_documents, encode_splits
 from lmforge.settings import Settings as ComponentSettings
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
@@ -30,8 +35,11 @@ class LanguageModeling(Task):
     run sees the very batches the uninterrupted one would have. `evaluate` scores every token of a
     split once, in consecutive windows, and reports loss (nats per token), perplexity and bits
     per byte (total negative log-likelihood in bits over the UTF-8 bytes of the split's text), the
-    last comparable across tokenizers.
+    last comparable across tokenizers. A data file scored with `lmforge eval --data` is read as
+    one plain UTF-8 text document (.gz decompressed); `lmforge generate` continues prompts.
     """
+
+    generates_text = True
 
     class Settings(ComponentSettings):
         block_size: int | None = Field(
@@ -39,9 +47,7 @@ class LanguageModeling(Task):
                                     "length (gpt: block_size), or 128 for models without one")
 
     def setup(self, data: TaskData, context_length: int | None) -> None:
-        from lmforge.plugins.tasks.token_cache import encode_splits
-
-        self.prepare_inference(data.tokenizer, (), context_length)
+        self.prepare_inference(data, (), context_length)
         block = self.block_size
         cache = encode_splits(data.prepared, data.tokenizer, data.tokenizer_hash, data.cache_dir)
         self.tokens = cache.arrays
@@ -51,15 +57,15 @@ class LanguageModeling(Task):
             raise LmforgeError(f"the train split has {train_tokens} tokens, fewer than one "
                                f"window of block_size {block} + 1: add data or lower block_size")
 
-    def prepare_inference(self, tokenizer: Tokenizer, labels: Sequence[str],
+    def prepare_inference(self, data: TaskData, labels: Sequence[str],
                           context_length: int | None) -> None:
-        """What scoring a text file needs without the training data: tokenizer, window size."""
+        """What scoring a text file and generating need: the tokenizer and the window size."""
         block = self.settings.block_size or context_length or 128
         if context_length is not None and block > context_length:
             raise LmforgeError(f"task.block_size={block} is longer than the model's context "
                                f"length {context_length}")
         self.block_size = block
-        self.tokenizer = tokenizer
+        self.tokenizer = data.tokenizer
 
     def model_spec(self) -> ModelSpec:
         return ModelSpec(task="lm", vocab_size=self.tokenizer.vocab_size,
@@ -132,6 +138,18 @@ class LanguageModeling(Task):
 
     def evaluate(self, model: nn.Module, split: str, batch_size: int) -> dict[str, float]:
         return self.evaluate_tokens(model, self._split(split), self.split_bytes[split], batch_size)
+
+    def evaluate_file(self, model: nn.Module, path: Path, batch_size: int,
+                      read_records: Callable[[Path], list[Record]]) -> dict[str, Any]:
+        """Loss, perplexity and bits per byte of a text file read whole, `eos` after it as in
+        training (the run's own source settings, such as its unit, do not apply)."""
+        source = TextSource(TextSource.Settings(paths=[str(path)], unit="file"))
+        chunks = list(encode_documents((r["text"] for r in source.records()), self.tokenizer))
+        tokens = np.concatenate([np.zeros(0, dtype=np.int64), *(ids for ids, _, _ in chunks)])
+        return self.evaluate_tokens(model, tokens, sum(n for _, _, n in chunks), batch_size)
+
+    def generate_text(self, model: nn.Module, prompt: str, **sampling: Any) -> Iterator[str]:
+        return generate_text(model, self.tokenizer, prompt, **sampling)
 
 
 @hookimpl

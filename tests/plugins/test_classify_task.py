@@ -134,7 +134,7 @@ def test_truncation_to_max_length(registry, tmp_path, splits):
     task = make_task(registry, tmp_path, splits, max_length=3)
     assert max(len(ids) for ids in task.splits["train"].ids) == 3
     with pytest.raises(LmforgeError, match="longer than the model's context length 2"):
-        task.prepare_inference(task.tokenizer, task.labels, 2)
+        task.prepare_inference(TaskData(None, task.tokenizer, "hash", tmp_path), task.labels, 2)
 
 
 def test_balanced_and_explicit_class_weights(registry, tmp_path, splits):
@@ -167,7 +167,8 @@ def test_learns_and_predict_agrees_with_evaluate(registry, tmp_path, splits):
     correct = sum(p["label"] == r["label"] for p, r in pairs)
     assert correct / 60 == pytest.approx(figures["accuracy"])
     assert all(sum(p["probabilities"].values()) == pytest.approx(1.0) for p in predictions)
-    on_records = task.evaluate_records(model, splits["test"], 11, "reviews.tsv")
+    held_out = tmp_path / "reviews.tsv"
+    on_records = task.evaluate_file(model, held_out, 11, {held_out: splits["test"]}.__getitem__)
     assert on_records["accuracy"] == figures["accuracy"]
     assert on_records["confusion"] == figures["confusion"]
 
