@@ -29,9 +29,11 @@ _INTERFACES = {
     "Model": "lmforge.interfaces.model",
     "ModelSpec": "lmforge.interfaces.model",
     "LanguageModel": "lmforge.interfaces.model",
+    "Metric": "lmforge.interfaces.metric",
     "SequenceClassifier": "lmforge.interfaces.model",
     "Task": "lmforge.interfaces.task",
     "TaskData": "lmforge.interfaces.task",
+    "TaskSettings": "lmforge.interfaces.task",
     "Trainer": "lmforge.interfaces.trainer",
     "TrainContext": "lmforge.interfaces.trainer",
 }

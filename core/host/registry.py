@@ -35,6 +35,7 @@ INTERFACES = {
     "model": "lmforge.interfaces.model:Model",
     "task": "lmforge.interfaces.task:Task",
     "trainer": "lmforge.interfaces.trainer:Trainer",
+    "metric": "lmforge.interfaces.metric:Metric",
     "config_section": "lmforge.settings:Settings",
 }
 

@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import Field
 from rich.console import Console
 from torch import nn
 
 from lmforge.errors import LmforgeError
+from lmforge.host.registry import Entry
 from lmforge.interfaces.data import Record
 from lmforge.interfaces.model import ModelSpec
 from lmforge.interfaces.tokenizer import Tokenizer
@@ -38,14 +40,24 @@ def eval_mode(model: nn.Module) -> Iterator[torch.device]:
         model.train(was_training)
 
 
+class TaskSettings(Settings):
+    """Settings every task that reports metrics shares; each task sets its own default list."""
+
+    metrics: list[str] = Field(
+        default_factory=list, description="registered metrics an evaluation reports, in order "
+                                           "(`lmforge plugins list` shows the installed ones)")
+
+
 @dataclass
 class TaskData:
-    """What a task is set up with: the prepared splits, the tokenizer and where to cache."""
+    """What a task is set up with: the prepared splits, the tokenizer, where to cache, and the
+    registered metrics its `metrics` setting names (their entries: `entry.create()` makes one)."""
 
     prepared: Any  # lmforge.data.prepare.PreparedData; None when set up for inference
     tokenizer: Tokenizer
     tokenizer_hash: str
     cache_dir: Path
+    metrics: Sequence[Entry]
 
 
 class Task(ABC):

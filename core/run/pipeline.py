@@ -26,7 +26,7 @@ from lmforge.run.folder import CONFIG_FILE, EVAL_FILE, SPEC_FILE, TOKENIZER_FILE
 # Settings that change how a run is watched or paced, not what it computes: a run may resume
 # with other values for these.
 RESUME_SAFE = {
-    ("name",), ("runs_dir",), ("sample",),
+    ("name",), ("runs_dir",), ("sample",), ("task", "metrics"),
     ("trainer", "max_time"), ("trainer", "checkpoint_every"), ("trainer", "keep_last"),
     ("trainer", "log_every"), ("trainer", "threads"), ("trainer", "device"),
 }
@@ -103,7 +103,8 @@ def build_parts(config: RunConfig, prepared: PreparedData, tokenizer: Tokenizer
         raise LmforgeError(f"model {config.components['model'].entry.name!r} does not support "
                            f"task {task_name!r}; it supports {', '.join(model_factory.tasks)}")
     tokenizer_path = config.run_dir / TOKENIZER_FILE
-    data = TaskData(prepared, tokenizer, file_hash(tokenizer_path), config.run_dir / "data")
+    data = TaskData(prepared, tokenizer, file_hash(tokenizer_path), config.run_dir / "data",
+                    config.metrics)
     task.setup(data, model_factory.context_length())
     spec = task.model_spec()
     torch.manual_seed(config.seed)
@@ -250,7 +251,8 @@ def load_run(run_dir: Path, registry: Registry, *, with_data: bool = True) -> Lo
         factory = config.components["model"].create()
         model = build_model(config, factory, spec)
         task = config.components["task"].create()
-        data = TaskData(None, tokenizer, file_hash(run_dir / TOKENIZER_FILE), run_dir / "data")
+        data = TaskData(None, tokenizer, file_hash(run_dir / TOKENIZER_FILE), run_dir / "data",
+                        config.metrics)
         task.prepare_inference(data, spec.labels or (), factory.context_length())
     load_model_weights(checkpoints[-1], model)
     model.eval()

@@ -21,12 +21,14 @@ from lmforge import hookimpl
 from lmforge.errors import LmforgeError
 from lmforge.interfaces.data import Record
 from lmforge.interfaces.model import ModelSpec
-from lmforge.interfaces.task import EVAL_SEED, Batch, Task, TaskData, eval_mode
-from lmforge.plugins.tasks.metrics import ConfusionMatrix, majority_baseline, plot_confusion
-from lmforge.settings import Settings as ComponentSettings
+from lmforge.interfaces.task import EVAL_SEED, Batch, Task, TaskData, TaskSettings, eval_mode
+from lmforge.plugins.tasks.metrics import majority_baseline, plot_confusion
 
 DEFAULT_MAX_LENGTH = 256
 ENCODE_CHUNK = 4096
+# what the report table shows: the default metrics' figures
+TABLE_FIGURES = {"accuracy", "macro_precision", "macro_recall", "macro_f1", "examples",
+                 "per_class"}
 
 
 @dataclass
@@ -57,7 +59,7 @@ class Classification(Task):
 
     predicts_labels = True
 
-    class Settings(ComponentSettings):
+    class Settings(TaskSettings):
         max_length: int | None = Field(
             None, ge=1, description="tokens kept per text (the rest is cut); default: the "
                                     f"model's context length, or {DEFAULT_MAX_LENGTH}")
@@ -71,6 +73,11 @@ class Classification(Task):
         class_weights: Literal["none", "balanced"] | dict[str, float] = Field(
             "none", description="loss weight per label: none, balanced (inverse to the label's "
                                 "share of the train split) or a weight for each label")
+        metrics: list[str] = Field(
+            default_factory=lambda: ["accuracy", "macro_precision", "macro_recall", "macro_f1",
+                                     "micro_f1", "confusion"],
+            description="registered metrics an evaluation reports after the loss, in order; "
+                        "the report table needs the default ones")
 
         @field_validator("labels")
         @classmethod
@@ -117,6 +124,7 @@ class Classification(Task):
         self.label_ids = {label: i for i, label in enumerate(self.labels)}
         self.max_length = max_length
         self.class_weight = None
+        self.metric_entries = data.metrics
 
     def _encode_split(self, split: str, rows: list[Record]) -> EncodedSplit:
         unknown = Counter(str(r["label"]) for r in rows if str(r["label"]) not in self.label_ids)
@@ -233,18 +241,23 @@ class Classification(Task):
 
     @torch.no_grad()
     def evaluate_batches(self, model: nn.Module, batches: Iterable[Batch]) -> dict[str, Any]:
-        """Loss (mean cross-entropy, unweighted), accuracy, precision, recall, F1, confusion."""
-        matrix = ConfusionMatrix(self.labels)
-        total_nats = 0.0
+        """Loss (mean cross-entropy, unweighted) and the task's metrics."""
+        metrics = [entry.create() for entry in self.metric_entries]
+        total_nats, examples = 0.0, 0
         with eval_mode(model) as device:
             for batch in batches:
                 logits = model(batch["input"].to(device), batch["pad_mask"].to(device)).float()
                 target = batch["label"].to(device)
                 total_nats += F.cross_entropy(logits, target, reduction="sum").item()
-                matrix.update(target.cpu().numpy(), logits.argmax(-1).cpu().numpy())
-        if not matrix.total:
+                examples += len(target)
+                scored = {"target": target.cpu().numpy(),
+                          "predicted": logits.argmax(-1).cpu().numpy(), "labels": self.labels}
+                for metric in metrics:
+                    metric.update(scored)
+        if not examples:
             raise LmforgeError("no labelled texts to evaluate")
-        return {"loss": total_nats / matrix.total, **matrix.summary()}
+        figures = {name: value for metric in metrics for name, value in metric.compute().items()}
+        return {"loss": total_nats / examples, **figures}
 
     def evaluate_file(self, model: nn.Module, path: Path, batch_size: int,
                       read_records: Callable[[Path], list[Record]]) -> dict[str, Any]:
@@ -282,9 +295,10 @@ class Classification(Task):
         plots/confusion-SPLIT.png; plots/confusion.png is the test split's (else val's)."""
         plots = run_dir / "plots"
         for split, figures in results.items():
+            if figures.keys() >= TABLE_FIGURES:
+                console.print(classification_table(split, figures))
             if "confusion" not in figures:
                 continue
-            console.print(classification_table(split, figures))
             stem = split if split in ("train", "val", "test") else "file"
             plot_confusion(plots / f"confusion-{stem}.png", figures["confusion"],
                            f"{run_dir.name}: {split}")

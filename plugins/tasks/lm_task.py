@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,11 +16,10 @@ from lmforge import hookimpl
 from lmforge.errors import LmforgeError
 from lmforge.interfaces.data import Record
 from lmforge.interfaces.model import ModelSpec
-from lmforge.interfaces.task import EVAL_SEED, Batch, Task, TaskData, eval_mode
+from lmforge.interfaces.task import EVAL_SEED, Batch, Task, TaskData, TaskSettings, eval_mode
 from lmforge.plugins.data.sources import TextSource
 from lmforge.plugins.tasks.generate import generate_text
 from lmforge.plugins.tasks.token_cache import encode_documents, encode_splits
-from lmforge.settings import Settings as ComponentSettings
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 
@@ -41,10 +39,13 @@ class LanguageModeling(Task):
 
     generates_text = True
 
-    class Settings(ComponentSettings):
+    class Settings(TaskSettings):
         block_size: int | None = Field(
             None, ge=1, description="tokens per training window; default: the model's context "
                                     "length (gpt: block_size), or 128 for models without one")
+        metrics: list[str] = Field(
+            default_factory=lambda: ["perplexity", "bits_per_byte"],
+            description="registered metrics an evaluation reports after the loss, in order")
 
     def setup(self, data: TaskData, context_length: int | None) -> None:
         self.prepare_inference(data, (), context_length)
@@ -66,6 +67,7 @@ class LanguageModeling(Task):
                                f"length {context_length}")
         self.block_size = block
         self.tokenizer = data.tokenizer
+        self.metric_entries = data.metrics
 
     def model_spec(self) -> ModelSpec:
         return ModelSpec(task="lm", vocab_size=self.tokenizer.vocab_size,
@@ -123,18 +125,20 @@ class LanguageModeling(Task):
     @torch.no_grad()
     def evaluate_tokens(self, model: nn.Module, tokens: np.ndarray, n_bytes: int,
                         batch_size: int) -> dict[str, float]:
-        """Loss, perplexity and bits per byte of `tokens`, whose text has `n_bytes` UTF-8 bytes."""
+        """Loss and the task's metrics over `tokens`, whose text has `n_bytes` UTF-8 bytes."""
+        metrics = [entry.create() for entry in self.metric_entries]
         total_nats, count = 0.0, 0
         with eval_mode(model) as device:
             for batch in self._consecutive_batches(tokens, batch_size):
                 batch = {k: v.to(device) for k, v in batch.items()}
                 loss, targets = self.loss(model, batch)
-                total_nats += loss.item() * targets
+                nats = loss.item() * targets
+                total_nats += nats
                 count += targets
-        mean = total_nats / count
-        return {"loss": mean, "perplexity": math.exp(min(mean, 700.0)),
-                "bits_per_byte": total_nats / math.log(2) / n_bytes if n_bytes else float("nan"),
-                "tokens": count, "bytes": n_bytes}
+                for metric in metrics:
+                    metric.update({"nats": nats, "targets": targets, "text_bytes": n_bytes})
+        figures = {name: value for metric in metrics for name, value in metric.compute().items()}
+        return {"loss": total_nats / count, **figures, "tokens": count, "bytes": n_bytes}
 
     def evaluate(self, model: nn.Module, split: str, batch_size: int) -> dict[str, float]:
         return self.evaluate_tokens(model, self._split(split), self.split_bytes[split], batch_size)

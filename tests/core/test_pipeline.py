@@ -7,7 +7,6 @@ import math
 import signal
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -130,26 +129,3 @@ def test_rerun_with_changed_settings_does_not_overwrite_checkpoints(registry, tm
     run(str(config), registry, console=quiet())
     with pytest.raises(LmforgeError, match="--resume"):
         run(str(config), registry, ("trainer.lr=0.01",), console=quiet())
-
-
-class UniformModel(torch.nn.Module):
-    """Predicts every token with equal probability."""
-
-    def __init__(self, vocab_size: int):
-        super().__init__()
-        self.vocab_size = vocab_size
-        self.anchor = torch.nn.Parameter(torch.zeros(()))
-
-    def forward(self, idx):
-        return torch.zeros(*idx.shape, self.vocab_size) + self.anchor
-
-
-def test_bits_per_byte_of_a_uniform_model_is_log2_of_the_vocabulary():
-    task = LanguageModeling(LanguageModeling.Settings(block_size=8))
-    task.block_size = 8
-    tokens = np.arange(100) % 50
-    figures = task.evaluate_tokens(UniformModel(64), tokens, n_bytes=99, batch_size=4)
-    assert figures["tokens"] == 99
-    assert figures["loss"] == pytest.approx(math.log(64))
-    assert figures["bits_per_byte"] == pytest.approx(6.0)
-    assert figures["perplexity"] == pytest.approx(64.0)
