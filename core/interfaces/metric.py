@@ -13,11 +13,9 @@ class Metric(ABC):
     """A streaming metric: `update` with each scored batch of one evaluation, then `compute`.
 
     A task creates fresh metrics for each evaluation, from the names in its `metrics` setting.
-    What a scored batch holds is the task's: the `lm` task gives `nats` (summed negative
-    log-likelihood), `targets` (tokens predicted) and `text_bytes` (UTF-8 bytes of the whole
-    text scored); the `classify` task gives `target` and `predicted` label ids (1-D arrays) and
-    `labels` (the label names). `tasks` names the tasks whose batches the metric reads (empty:
-    any task); a config naming it for another task is an error.
+    What a scored batch holds is the task's own (its docstring lists the keys), so `tasks` names
+    the tasks whose batches the metric reads (empty: any task); a config naming the metric for
+    another task is an error.
     """
 
     Settings = NoSettings

@@ -54,7 +54,8 @@ class Classification(Task):
     so a resumed run sees the batches an uninterrupted one would have; `word_dropout` replaces
     training tokens with `unk` (or `eos` for tokenizers without one) at random, drawn from the
     same (seed, index). `lmforge predict` labels texts; `lmforge eval --data` scores a labelled
-    file read with the run's own source settings.
+    file read with the run's own source settings. Metrics get scored batches with `target` and
+    `predicted` label ids (1-D arrays) and `labels` (the label names).
     """
 
     predicts_labels = True

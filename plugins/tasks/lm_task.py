@@ -35,6 +35,8 @@ class LanguageModeling(Task):
     per byte (total negative log-likelihood in bits over the UTF-8 bytes of the split's text), the
     last comparable across tokenizers. A data file scored with `lmforge eval --data` is read as
     one plain UTF-8 text document (.gz decompressed); `lmforge generate` continues prompts.
+    Metrics get scored batches with `nats` (summed negative log-likelihood), `targets` (tokens
+    predicted) and `text_bytes` (UTF-8 bytes of the whole text scored).
     """
 
     generates_text = True
