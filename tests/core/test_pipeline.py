@@ -16,6 +16,7 @@ from lmforge.errors import LmforgeError
 from lmforge.plugins.tasks.lm_task import LanguageModeling
 from lmforge.run.checkpoint import complete_checkpoints
 from lmforge.run.pipeline import load_run, run
+from lmforge.run.predict import predict_texts
 
 MODELS = {
     "gpt": {"type": "gpt", "n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16,
@@ -81,6 +82,12 @@ def test_run_writes_every_stage_and_then_reuses_them(registry, tmp_path, model, 
     assert complete_checkpoints(run_dir) == checkpoints
     kept = json.loads((run_dir / "eval.json").read_text())
     assert set(kept) == {"val", "test", "file:held-out.txt"}
+    # the metrics reported do not change what training computes: the training is reused
+    fewer = run(str(config), registry, ("task.metrics=[perplexity]",), console=quiet())
+    assert fewer["train"] == results["train"] and complete_checkpoints(run_dir) == checkpoints
+    assert list(fewer["eval"]["val"]) == ["loss", "perplexity", "tokens", "bytes", "checkpoint"]
+    with pytest.raises(LmforgeError, match="holds a lm model, which does not predict labels"):
+        predict_texts(str(run_dir), registry, ("a text",))
 
 
 @pytest.mark.parametrize("model", ["gpt", "lstm"])
