@@ -257,4 +257,3 @@ def load_run(run_dir: Path, registry: Registry, *, with_data: bool = True) -> Lo
     load_model_weights(checkpoints[-1], model)
     model.eval()
     return LoadedRun(config, tokenizer, task, model, checkpoints[-1])
-
