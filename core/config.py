@@ -101,6 +101,7 @@ class RunConfig:
     # hash (pipeline.RESUME_SAFE): adding one neither retrains a finished run nor blocks a resume.
     callbacks: list[Component] = field(default_factory=list)
     sample: SampleSettings = field(default_factory=SampleSettings)
+    metrics: list[Entry] = field(default_factory=list)  # the registered metrics task.metrics names
     # Sections plugins declared (e.g. `sweep`): read by the plugin's own commands, never by
     # training, so they stay out of the config hash.
     sections: dict[str, Settings] = field(default_factory=dict)
@@ -279,6 +280,24 @@ class _Resolver:
         found = [self.component(kind, item, (*path, i)) for i, item in enumerate(value)]
         return None if None in found else found
 
+    def metrics(self, task: Component) -> list[Entry]:
+        """The registered metrics `task.metrics` names, each one that reads this task's batches."""
+        from lmforge.interfaces.task import TaskSettings
+
+        if not isinstance(task.settings, TaskSettings):
+            return []
+        task_name = task.entry.name
+        known = {name: self.registry.get("metric", name) for name in self.registry.names("metric")}
+        usable = {name: entry for name, entry in known.items()
+                  if not entry.component.tasks or task_name in entry.component.tasks}
+        for i, name in enumerate(task.settings.metrics):
+            if name not in usable:
+                what = "a metric of other tasks:" if name in known else "unknown metric"
+                self.problem(("task", "metrics", i),
+                             f"{what} {name!r}; metrics for task {task_name!r}: "
+                             f"{', '.join(usable) or 'none installed'}")
+        return [usable[name] for name in task.settings.metrics if name in usable]
+
     def data(self, raw: Any) -> DataConfig | None:
         if not isinstance(raw, dict):
             self.problem(("data",),
@@ -342,6 +361,7 @@ def resolve(raw: dict[str, Any], registry: Registry, *, origin: str = "<config>"
         "callback", (raw["callbacks"] or []) if "callbacks" in raw else DEFAULT_CALLBACKS,
         ("callbacks",))
     sample = resolver.settings(SampleSettings, raw.get("sample") or {}, ("sample",))
+    metrics = resolver.metrics(components["task"]) if components["task"] else []
     sections = {key: resolver.settings(registry.get("config_section", key).settings,
                                        raw[key] or {}, (key,))
                 for key in plugin_sections if key in raw}
@@ -351,6 +371,7 @@ def resolve(raw: dict[str, Any], registry: Registry, *, origin: str = "<config>"
                           + "\n  ".join(resolver.problems))
     return RunConfig(name=run.name or default_name, runs_dir=Path(run.runs_dir), seed=run.seed,
                      data=data, components=components, callbacks=callbacks, sample=sample,
+                     metrics=metrics,
                      sections=sections)
 
 

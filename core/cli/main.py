@@ -220,19 +220,17 @@ def generate_command(host: PluginHost, run_dir: str, prompt: str, max_new_tokens
                      top_k: int | None, top_p: float | None, repetition_penalty: float,
                      stop_strings: tuple[str, ...], seed: int | None) -> None:
     """Continue a prompt with a trained language model, streaming the text as it comes."""
-    from lmforge.interfaces.model import LanguageModel
-    from lmforge.run.generate import generate_text
     from lmforge.run.pipeline import load_run
 
     loaded = load_run(run_dir, host.registry, with_data=False)
-    if not isinstance(loaded.model, LanguageModel):
+    if not loaded.task.generates_text:
         raise LmforgeError(f"{run_dir} holds a {loaded.config.components['task'].entry.name} "
                            f"model, which does not generate text; use `lmforge predict`")
     click.echo(prompt, nl=False)
-    for piece in generate_text(loaded.model, loaded.tokenizer, prompt,
-                               max_new_tokens=max_new_tokens, temperature=temperature,
-                               top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
-                               seed=seed, stop_strings=list(stop_strings)):
+    for piece in loaded.task.generate_text(
+            loaded.model, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
+            top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed,
+            stop_strings=list(stop_strings)):
         click.echo(piece, nl=False)
     click.echo()
 

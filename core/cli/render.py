@@ -143,27 +143,6 @@ def doctor_view(console: Console, findings: dict[str, Any]) -> None:
     console.print(table)
 
 
-def classification_table(split: str, figures: dict[str, Any]) -> Table:
-    """Per-label precision, recall, F1 and support, the averages, and the majority baseline."""
-    table = Table(title=f"{split}: accuracy {figures['accuracy']:.4f}, macro F1 "
-                        f"{figures['macro_f1']:.4f} ({figures['examples']:,} texts)",
-                  title_justify="left")
-    for column in ("label", "precision", "recall", "F1", "support"):
-        table.add_column(column, justify="left" if column == "label" else "right")
-    for label, row in figures["per_class"].items():
-        table.add_row(label, f"{row['precision']:.4f}", f"{row['recall']:.4f}",
-                      f"{row['f1']:.4f}", f"{row['support']:,}")
-    table.add_section()
-    table.add_row("macro average", f"{figures['macro_precision']:.4f}",
-                  f"{figures['macro_recall']:.4f}", f"{figures['macro_f1']:.4f}",
-                  f"{figures['examples']:,}")
-    baseline = figures.get("majority_baseline")
-    if baseline is not None:
-        table.caption = (f"majority baseline (always {baseline['label']!r}): accuracy "
-                         f"{baseline['accuracy']:.4f}, macro F1 {baseline['macro_f1']:.4f}")
-    return table
-
-
 def predictions_table(predictions: list[dict[str, Any]]) -> Table:
     """A row per text: the predicted label, its probability, and the true label if known."""
     table = Table(title_justify="left")

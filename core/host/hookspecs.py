@@ -59,7 +59,8 @@ def register_servers(register):
 
 @hookspec
 def register_metrics(register):
-    """Register streaming metrics (update/compute)."""
+    """Register metrics: streaming update/compute over the batches a task scores; a task's
+    `metrics` setting names the ones it reports."""
 
 
 @hookspec

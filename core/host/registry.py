@@ -36,6 +36,7 @@ INTERFACES = {
     "task": "lmforge.interfaces.task:Task",
     "trainer": "lmforge.interfaces.trainer:Trainer",
     "callback": "lmforge.interfaces.callback:Callback",
+    "metric": "lmforge.interfaces.metric:Metric",
     "config_section": "lmforge.settings:Settings",
 }
 

@@ -1,1 +1,1 @@
-"""The component interfaces every plugin implements: data, tokenizer, model, task, trainer."""
+"""The component interfaces plugins implement: data, tokenizer, model, task, metric, trainer."""

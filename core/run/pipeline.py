@@ -17,7 +17,7 @@ from lmforge.config import RunConfig, load_config
 from lmforge.data.prepare import PreparedData, prepare_data
 from lmforge.errors import LmforgeError
 from lmforge.host.registry import Registry
-from lmforge.interfaces.model import LanguageModel, Model, ModelSpec, Module
+from lmforge.interfaces.model import Model, ModelSpec, Module
 from lmforge.interfaces.task import Task, TaskData
 from lmforge.interfaces.tokenizer import Tokenizer, file_hash, load_tokenizer
 from lmforge.run.checkpoint import (
@@ -31,7 +31,7 @@ from lmforge.run.folder import CONFIG_FILE, EVAL_FILE, SPEC_FILE, TOKENIZER_FILE
 # Settings that change how a run is watched or paced, not what it computes: a run may resume
 # with other values for these.
 RESUME_SAFE = {
-    ("name",), ("runs_dir",), ("sample",), ("callbacks",),
+    ("name",), ("runs_dir",), ("sample",), ("callbacks",), ("task", "metrics"),
     ("trainer", "max_time"), ("trainer", "checkpoint_every"), ("trainer", "keep_last"),
     ("trainer", "log_every"), ("trainer", "threads"), ("trainer", "device"),
 }
@@ -69,7 +69,7 @@ class LoadedRun:
 
     config: RunConfig
     tokenizer: Tokenizer
-    task: Task | None  # without data: set up for inference where the task supports it
+    task: Task  # without data: set up for inference (`Task.prepare_inference`)
     model: torch.nn.Module
     checkpoint: Path | None
 
@@ -108,7 +108,8 @@ def build_parts(config: RunConfig, prepared: PreparedData, tokenizer: Tokenizer
         raise LmforgeError(f"model {config.components['model'].entry.name!r} does not support "
                            f"task {task_name!r}; it supports {', '.join(model_factory.tasks)}")
     tokenizer_path = config.run_dir / TOKENIZER_FILE
-    data = TaskData(prepared, tokenizer, file_hash(tokenizer_path), config.run_dir / "data")
+    data = TaskData(prepared, tokenizer, file_hash(tokenizer_path), config.run_dir / "data",
+                    config.metrics)
     task.setup(data, model_factory.context_length())
     spec = task.model_spec()
     torch.manual_seed(config.seed)
@@ -165,8 +166,8 @@ def run(config_path: str, registry: Registry, overrides: tuple[str, ...] = (), *
             return {"train": summary}
     checkpoint = finished.name if finished is not None else Path(summary["checkpoint"]).name
     results = {"train": summary, "eval": evaluate_run(config, task, model, console, checkpoint)}
-    if isinstance(model, LanguageModel):
-        results["samples"] = write_samples(config, model, tokenizer, console)
+    if task.generates_text:
+        results["samples"] = write_samples(config, task, model, console)
     return results
 
 
@@ -210,7 +211,7 @@ def evaluate_run(config: RunConfig, task: Task, model: torch.nn.Module, console:
     kept = {key: figures for key, figures in earlier.items()
             if isinstance(figures, dict) and figures.get("checkpoint") == checkpoint}
     atomic_write_text(path, json.dumps({**kept, **results}, indent=2))
-    report(task, config.run_dir, results, console)
+    task.write_report(config.run_dir, results, console)
     return results
 
 
@@ -221,24 +222,16 @@ def print_figures(console: Console, split: str, figures: dict[str, Any]) -> None
         if isinstance(v, (int, float))))
 
 
-def report(task: Task, run_dir: Path, results: dict[str, Any], console: Console) -> None:
-    """The task's own report of evaluation results (tables, plots), when it has one."""
-    write_report = getattr(task, "write_report", None)
-    if write_report is not None:
-        write_report(run_dir, results, console)
-
-
-def write_samples(config: RunConfig, model: torch.nn.Module, tokenizer: Tokenizer,
-                  console: Console) -> list[str]:
-    from lmforge.run.generate import generate_text
-
+def write_samples(config: RunConfig, task: Task, model: torch.nn.Module, console: Console
+                  ) -> list[str]:
+    """Continue each of the config's sample prompts, show the texts and save samples.txt."""
     sample = config.sample
     texts = []
     for prompt in sample.prompts:
-        pieces = generate_text(model, tokenizer, prompt, max_new_tokens=sample.max_new_tokens,
-                               temperature=sample.temperature, top_k=sample.top_k,
-                               top_p=sample.top_p, repetition_penalty=sample.repetition_penalty,
-                               seed=sample.seed)
+        pieces = task.generate_text(model, prompt, max_new_tokens=sample.max_new_tokens,
+                                    temperature=sample.temperature, top_k=sample.top_k,
+                                    top_p=sample.top_p, seed=sample.seed,
+                                    repetition_penalty=sample.repetition_penalty)
         text = prompt + "".join(pieces)
         texts.append(text)
         console.rule(f"sample (prompt {prompt!r})")
@@ -270,18 +263,10 @@ def load_run(run_dir: Path, registry: Registry, *, with_data: bool = True) -> Lo
         spec = ModelSpec(**json.loads((run_dir / SPEC_FILE).read_text(encoding="utf-8")))
         factory = config.components["model"].create()
         model = build_model(config, factory, spec)
-        task = _inference_task(config, tokenizer, spec, factory.context_length())
+        task = config.components["task"].create()
+        data = TaskData(None, tokenizer, file_hash(run_dir / TOKENIZER_FILE), run_dir / "data",
+                        config.metrics)
+        task.prepare_inference(data, spec.labels or (), factory.context_length())
     load_model_weights(checkpoints[-1], model)
     model.eval()
     return LoadedRun(config, tokenizer, task, model, checkpoints[-1])
-
-
-def _inference_task(config: RunConfig, tokenizer: Tokenizer, spec: ModelSpec,
-                    context_length: int | None) -> Task | None:
-    """The run's task set up for prediction without training data, if it can be."""
-    task = config.components["task"].create()
-    prepare_inference = getattr(task, "prepare_inference", None)
-    if prepare_inference is None:
-        return None
-    prepare_inference(tokenizer, spec.labels or (), context_length)
-    return task

@@ -20,7 +20,7 @@ def predict_texts(run_dir: str, registry: Registry, texts: tuple[str, ...] = (),
 
     loaded = load_run(Path(run_dir), registry, with_data=False)
     task = loaded.task
-    if not hasattr(task, "predict"):
+    if not task.predicts_labels:
         raise LmforgeError(f"{run_dir} holds a {loaded.config.components['task'].entry.name} "
                            f"model, which does not predict labels; use `lmforge generate`")
     if data_file is not None:

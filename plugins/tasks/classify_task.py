@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -14,19 +14,21 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 from rich.console import Console
+from rich.table import Table
 from torch import nn
 
 from lmforge import hookimpl
 from lmforge.errors import LmforgeError
 from lmforge.interfaces.data import Record
 from lmforge.interfaces.model import ModelSpec
-from lmforge.interfaces.task import EVAL_SEED, Batch, Task, TaskData, eval_mode
-from lmforge.interfaces.tokenizer import Tokenizer
-from lmforge.plugins.tasks.metrics import ConfusionMatrix, majority_baseline, plot_confusion
-from lmforge.settings import Settings as ComponentSettings
+from lmforge.interfaces.task import EVAL_SEED, Batch, Task, TaskData, TaskSettings, eval_mode
+from lmforge.plugins.tasks.metrics import majority_baseline, plot_confusion
 
 DEFAULT_MAX_LENGTH = 256
 ENCODE_CHUNK = 4096
+# what the report table shows: the default metrics' figures
+TABLE_FIGURES = {"accuracy", "macro_precision", "macro_recall", "macro_f1", "examples",
+                 "per_class"}
 
 
 @dataclass
@@ -51,10 +53,14 @@ class Classification(Task):
     texts without replacement, epoch by epoch, in an order that is a function of (seed, epoch),
     so a resumed run sees the batches an uninterrupted one would have; `word_dropout` replaces
     training tokens with `unk` (or `eos` for tokenizers without one) at random, drawn from the
-    same (seed, index).
+    same (seed, index). `lmforge predict` labels texts; `lmforge eval --data` scores a labelled
+    file read with the run's own source settings. Metrics get scored batches with `target` and
+    `predicted` label ids (1-D arrays) and `labels` (the label names).
     """
 
-    class Settings(ComponentSettings):
+    predicts_labels = True
+
+    class Settings(TaskSettings):
         max_length: int | None = Field(
             None, ge=1, description="tokens kept per text (the rest is cut); default: the "
                                     f"model's context length, or {DEFAULT_MAX_LENGTH}")
@@ -68,6 +74,11 @@ class Classification(Task):
         class_weights: Literal["none", "balanced"] | dict[str, float] = Field(
             "none", description="loss weight per label: none, balanced (inverse to the label's "
                                 "share of the train split) or a weight for each label")
+        metrics: list[str] = Field(
+            default_factory=lambda: ["accuracy", "macro_precision", "macro_recall", "macro_f1",
+                                     "micro_f1", "confusion"],
+            description="registered metrics an evaluation reports after the loss, in order; "
+                        "the report table needs the default ones")
 
         @field_validator("labels")
         @classmethod
@@ -97,23 +108,24 @@ class Classification(Task):
         if len(labels) < 2:
             raise LmforgeError(f"the train split has a single label ({labels[0]!r}): a "
                                f"classifier needs at least two")
-        self.prepare_inference(data.tokenizer, labels, context_length)
+        self.prepare_inference(data, labels, context_length)
         self.splits = {split: self._encode_split(split, rows) for split, rows in records.items()}
         self.train_counts = np.bincount(self.splits["train"].labels, minlength=len(labels))
         self.class_weight = self._class_weight()
 
-    def prepare_inference(self, tokenizer: Tokenizer, labels: Sequence[str],
+    def prepare_inference(self, data: TaskData, labels: Sequence[str],
                           context_length: int | None) -> None:
         """What prediction needs and training data is not: the tokenizer, labels, lengths."""
         max_length = self.settings.max_length or context_length or DEFAULT_MAX_LENGTH
         if context_length is not None and max_length > context_length:
             raise LmforgeError(f"task.max_length={max_length} is longer than the model's "
                                f"context length {context_length}")
-        self.tokenizer = tokenizer
+        self.tokenizer = data.tokenizer
         self.labels = list(labels)
         self.label_ids = {label: i for i, label in enumerate(self.labels)}
         self.max_length = max_length
         self.class_weight = None
+        self.metric_entries = data.metrics
 
     def _encode_split(self, split: str, rows: list[Record]) -> EncodedSplit:
         unknown = Counter(str(r["label"]) for r in rows if str(r["label"]) not in self.label_ids)
@@ -230,24 +242,30 @@ class Classification(Task):
 
     @torch.no_grad()
     def evaluate_batches(self, model: nn.Module, batches: Iterable[Batch]) -> dict[str, Any]:
-        """Loss (mean cross-entropy, unweighted), accuracy, precision, recall, F1, confusion."""
-        matrix = ConfusionMatrix(self.labels)
-        total_nats = 0.0
+        """Loss (mean cross-entropy, unweighted) and the task's metrics."""
+        metrics = [entry.create() for entry in self.metric_entries]
+        total_nats, examples = 0.0, 0
         with eval_mode(model) as device:
             for batch in batches:
                 logits = model(batch["input"].to(device), batch["pad_mask"].to(device)).float()
                 target = batch["label"].to(device)
                 total_nats += F.cross_entropy(logits, target, reduction="sum").item()
-                matrix.update(target.cpu().numpy(), logits.argmax(-1).cpu().numpy())
-        if not matrix.total:
+                examples += len(target)
+                scored = {"target": target.cpu().numpy(),
+                          "predicted": logits.argmax(-1).cpu().numpy(), "labels": self.labels}
+                for metric in metrics:
+                    metric.update(scored)
+        if not examples:
             raise LmforgeError("no labelled texts to evaluate")
-        return {"loss": total_nats / matrix.total, **matrix.summary()}
+        figures = {name: value for metric in metrics for name, value in metric.compute().items()}
+        return {"loss": total_nats / examples, **figures}
 
-    def evaluate_records(self, model: nn.Module, records: list[Record], batch_size: int,
-                         where: str) -> dict[str, Any]:
-        """Metrics on labelled records from outside the prepared splits (`lmforge eval --data`)."""
-        _check_labelled(where, records)
-        encoded = self._encode_split(where, records)
+    def evaluate_file(self, model: nn.Module, path: Path, batch_size: int,
+                      read_records: Callable[[Path], list[Record]]) -> dict[str, Any]:
+        """Metrics on the labelled records of a file outside the prepared splits."""
+        records = read_records(path)
+        _check_labelled(str(path), records)
+        encoded = self._encode_split(str(path), records)
         order = np.argsort([len(row) for row in encoded.ids], kind="stable")
         batches = (self.collate([encoded.ids[i] for i in order[s:s + batch_size]],
                                 encoded.labels[order[s:s + batch_size]])
@@ -276,19 +294,39 @@ class Classification(Task):
     def write_report(self, run_dir: Path, results: dict[str, Any], console: Console) -> None:
         """Per-label figures beside the majority baseline, and the confusion matrices as
         plots/confusion-SPLIT.png; plots/confusion.png is the test split's (else val's)."""
-        from lmforge.cli.render import classification_table
-
         plots = run_dir / "plots"
         for split, figures in results.items():
+            if figures.keys() >= TABLE_FIGURES:
+                console.print(classification_table(split, figures))
             if "confusion" not in figures:
                 continue
-            console.print(classification_table(split, figures))
             stem = split if split in ("train", "val", "test") else "file"
             plot_confusion(plots / f"confusion-{stem}.png", figures["confusion"],
                            f"{run_dir.name}: {split}")
             if split == "test" or (split == "val" and "test" not in results):
                 plot_confusion(plots / "confusion.png", figures["confusion"],
                                f"{run_dir.name}: {split}")
+
+
+def classification_table(split: str, figures: dict[str, Any]) -> Table:
+    """Per-label precision, recall, F1 and support, the averages, and the majority baseline."""
+    table = Table(title=f"{split}: accuracy {figures['accuracy']:.4f}, macro F1 "
+                        f"{figures['macro_f1']:.4f} ({figures['examples']:,} texts)",
+                  title_justify="left")
+    for column in ("label", "precision", "recall", "F1", "support"):
+        table.add_column(column, justify="left" if column == "label" else "right")
+    for label, row in figures["per_class"].items():
+        table.add_row(label, f"{row['precision']:.4f}", f"{row['recall']:.4f}",
+                      f"{row['f1']:.4f}", f"{row['support']:,}")
+    table.add_section()
+    table.add_row("macro average", f"{figures['macro_precision']:.4f}",
+                  f"{figures['macro_recall']:.4f}", f"{figures['macro_f1']:.4f}",
+                  f"{figures['examples']:,}")
+    baseline = figures.get("majority_baseline")
+    if baseline is not None:
+        table.caption = (f"majority baseline (always {baseline['label']!r}): accuracy "
+                         f"{baseline['accuracy']:.4f}, macro F1 {baseline['macro_f1']:.4f}")
+    return table
 
 
 def _check_labelled(where: str, rows: Iterable[Record]) -> None:

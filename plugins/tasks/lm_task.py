@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,10 +14,12 @@ from torch import nn
 
 from lmforge import hookimpl
 from lmforge.errors import LmforgeError
+from lmforge.interfaces.data import Record
 from lmforge.interfaces.model import ModelSpec
-from lmforge.interfaces.task import EVAL_SEED, Batch, Task, TaskData, eval_mode
-from lmforge.interfaces.tokenizer import Tokenizer
-from lmforge.settings import Settings as ComponentSettings
+from lmforge.interfaces.task import EVAL_SEED, Batch, Task, TaskData, TaskSettings, eval_mode
+from lmforge.plugins.data.sources import TextSource
+from lmforge.plugins.tasks.generate import generate_text
+from lmforge.plugins.tasks.token_cache import encode_documents, encode_splits
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 
@@ -30,18 +33,24 @@ class LanguageModeling(Task):
     run sees the very batches the uninterrupted one would have. `evaluate` scores every token of a
     split once, in consecutive windows, and reports loss (nats per token), perplexity and bits
     per byte (total negative log-likelihood in bits over the UTF-8 bytes of the split's text), the
-    last comparable across tokenizers.
+    last comparable across tokenizers. A data file scored with `lmforge eval --data` is read as
+    one plain UTF-8 text document (.gz decompressed); `lmforge generate` continues prompts.
+    Metrics get scored batches with `nats` (summed negative log-likelihood), `targets` (tokens
+    predicted) and `text_bytes` (UTF-8 bytes of the whole text scored).
     """
 
-    class Settings(ComponentSettings):
+    generates_text = True
+
+    class Settings(TaskSettings):
         block_size: int | None = Field(
             None, ge=1, description="tokens per training window; default: the model's context "
                                     "length (gpt: block_size), or 128 for models without one")
+        metrics: list[str] = Field(
+            default_factory=lambda: ["perplexity", "bits_per_byte"],
+            description="registered metrics an evaluation reports after the loss, in order")
 
     def setup(self, data: TaskData, context_length: int | None) -> None:
-        from lmforge.data.token_cache import encode_splits
-
-        self.prepare_inference(data.tokenizer, (), context_length)
+        self.prepare_inference(data, (), context_length)
         block = self.block_size
         cache = encode_splits(data.prepared, data.tokenizer, data.tokenizer_hash, data.cache_dir)
         self.tokens = cache.arrays
@@ -51,15 +60,16 @@ class LanguageModeling(Task):
             raise LmforgeError(f"the train split has {train_tokens} tokens, fewer than one "
                                f"window of block_size {block} + 1: add data or lower block_size")
 
-    def prepare_inference(self, tokenizer: Tokenizer, labels: Sequence[str],
+    def prepare_inference(self, data: TaskData, labels: Sequence[str],
                           context_length: int | None) -> None:
-        """What scoring a text file needs without the training data: tokenizer, window size."""
+        """What scoring a text file and generating need: the tokenizer and the window size."""
         block = self.settings.block_size or context_length or 128
         if context_length is not None and block > context_length:
             raise LmforgeError(f"task.block_size={block} is longer than the model's context "
                                f"length {context_length}")
         self.block_size = block
-        self.tokenizer = tokenizer
+        self.tokenizer = data.tokenizer
+        self.metric_entries = data.metrics
 
     def model_spec(self) -> ModelSpec:
         return ModelSpec(task="lm", vocab_size=self.tokenizer.vocab_size,
@@ -117,21 +127,35 @@ class LanguageModeling(Task):
     @torch.no_grad()
     def evaluate_tokens(self, model: nn.Module, tokens: np.ndarray, n_bytes: int,
                         batch_size: int) -> dict[str, float]:
-        """Loss, perplexity and bits per byte of `tokens`, whose text has `n_bytes` UTF-8 bytes."""
+        """Loss and the task's metrics over `tokens`, whose text has `n_bytes` UTF-8 bytes."""
+        metrics = [entry.create() for entry in self.metric_entries]
         total_nats, count = 0.0, 0
         with eval_mode(model) as device:
             for batch in self._consecutive_batches(tokens, batch_size):
                 batch = {k: v.to(device) for k, v in batch.items()}
                 loss, targets = self.loss(model, batch)
-                total_nats += loss.item() * targets
+                nats = loss.item() * targets
+                total_nats += nats
                 count += targets
-        mean = total_nats / count
-        return {"loss": mean, "perplexity": math.exp(min(mean, 700.0)),
-                "bits_per_byte": total_nats / math.log(2) / n_bytes if n_bytes else float("nan"),
-                "tokens": count, "bytes": n_bytes}
+                for metric in metrics:
+                    metric.update({"nats": nats, "targets": targets, "text_bytes": n_bytes})
+        figures = {name: value for metric in metrics for name, value in metric.compute().items()}
+        return {"loss": total_nats / count, **figures, "tokens": count, "bytes": n_bytes}
 
     def evaluate(self, model: nn.Module, split: str, batch_size: int) -> dict[str, float]:
         return self.evaluate_tokens(model, self._split(split), self.split_bytes[split], batch_size)
+
+    def evaluate_file(self, model: nn.Module, path: Path, batch_size: int,
+                      read_records: Callable[[Path], list[Record]]) -> dict[str, Any]:
+        """Loss, perplexity and bits per byte of a text file read whole, `eos` after it as in
+        training (the run's own source settings, such as its unit, do not apply)."""
+        source = TextSource(TextSource.Settings(paths=[str(path)], unit="file"))
+        chunks = list(encode_documents((r["text"] for r in source.records()), self.tokenizer))
+        tokens = np.concatenate([np.zeros(0, dtype=np.int64), *(ids for ids, _, _ in chunks)])
+        return self.evaluate_tokens(model, tokens, sum(n for _, _, n in chunks), batch_size)
+
+    def generate_text(self, model: nn.Module, prompt: str, **sampling: Any) -> Iterator[str]:
+        return generate_text(model, self.tokenizer, prompt, **sampling)
 
 
 @hookimpl

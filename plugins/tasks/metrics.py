@@ -1,12 +1,17 @@
-"""Classification metrics from a streaming confusion matrix: accuracy, precision, recall, F1."""
+"""The built-in tasks' registered metrics: perplexity and bits per byte for `lm`; accuracy,
+precision, recall and F1 from a streaming confusion matrix for `classify`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+
+from lmforge import hookimpl
+from lmforge.interfaces.metric import Metric
 
 
 class ConfusionMatrix:
@@ -74,6 +79,106 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     out = np.zeros_like(numerator, dtype=np.float64)
     np.divide(numerator, denominator, out=out, where=denominator > 0)
     return out
+
+
+class _TokenNats(Metric):
+    """Sums the `lm` task's negative log-likelihood (nats) and token count over the batches."""
+
+    tasks = ("lm",)
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.nats, self.targets, self.text_bytes = 0.0, 0, 0
+
+    def update(self, scored: Mapping[str, Any]) -> None:
+        self.nats += scored["nats"]
+        self.targets += scored["targets"]
+        self.text_bytes = scored["text_bytes"]
+
+
+class Perplexity(_TokenNats):
+    """exp of the mean loss per token (capped at exp(700), so it stays a finite float)."""
+
+    def compute(self) -> dict[str, Any]:
+        return {"perplexity": math.exp(min(self.nats / self.targets, 700.0))}
+
+
+class BitsPerByte(_TokenNats):
+    """The total negative log-likelihood in bits over the UTF-8 bytes of the text: unlike the
+    loss per token, comparable across tokenizers."""
+
+    def compute(self) -> dict[str, Any]:
+        bits = self.nats / math.log(2) / self.text_bytes if self.text_bytes else float("nan")
+        return {"bits_per_byte": bits}
+
+
+class _ConfusionFigures(Metric):
+    """Figures of `ConfusionMatrix.summary` over the `classify` task's batches."""
+
+    tasks = ("classify",)
+    figures: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.matrix: ConfusionMatrix | None = None
+
+    def update(self, scored: Mapping[str, Any]) -> None:
+        if self.matrix is None:
+            self.matrix = ConfusionMatrix(scored["labels"])
+        self.matrix.update(scored["target"], scored["predicted"])
+
+    def compute(self) -> dict[str, Any]:
+        summary = self.matrix.summary()
+        return {name: summary[name] for name in self.figures}
+
+
+class Accuracy(_ConfusionFigures):
+    """The share of texts given their true label."""
+
+    figures = ("accuracy",)
+
+
+class MacroPrecision(_ConfusionFigures):
+    """Precision averaged over labels, each label counting the same."""
+
+    figures = ("macro_precision",)
+
+
+class MacroRecall(_ConfusionFigures):
+    """Recall averaged over labels, each label counting the same."""
+
+    figures = ("macro_recall",)
+
+
+class MacroF1(_ConfusionFigures):
+    """F1 averaged over labels, each label counting the same (rare labels weigh fully)."""
+
+    figures = ("macro_f1",)
+
+
+class MicroF1(_ConfusionFigures):
+    """F1 over all texts pooled; for one label per text it equals accuracy."""
+
+    figures = ("micro_f1",)
+
+
+class Confusion(_ConfusionFigures):
+    """The confusion matrix, per-label precision, recall, F1 and support, and the text count:
+    what the classify task's report table and plots show."""
+
+    figures = ("examples", "per_class", "confusion")
+
+
+@hookimpl
+def register_metrics(register):
+    register("perplexity", Perplexity)
+    register("bits_per_byte", BitsPerByte)
+    register("accuracy", Accuracy)
+    register("macro_precision", MacroPrecision)
+    register("macro_recall", MacroRecall)
+    register("macro_f1", MacroF1)
+    register("micro_f1", MicroF1)
+    register("confusion", Confusion)
 
 
 def majority_baseline(train_counts: Sequence[int], split_counts: Sequence[int],

@@ -167,3 +167,17 @@ def test_every_shipped_config_validates(path, registry):
     first_line = path.read_text(encoding="utf-8").splitlines()[0]
     assert first_line.startswith("# lmforge "), "a shipped config starts with its command"
     load_config(path, registry)
+
+
+def test_task_metrics_must_be_registered_metrics_of_that_task(registry):
+    config = resolve({"task": {"type": "classify", "metrics": ["macro_f1", "accuracy"]}}, registry)
+    assert [entry.name for entry in config.metrics] == ["macro_f1", "accuracy"]
+    assert [e.name for e in resolve({}, registry).metrics] == ["perplexity", "bits_per_byte"]
+    with pytest.raises(ConfigError) as raised:
+        resolve({"task": {"type": "classify", "metrics": ["accuracy", "bogus", "perplexity"]}},
+                registry)
+    message = str(raised.value)
+    assert "2 problems" in message
+    assert ("task.metrics[1]: unknown metric 'bogus'; metrics for task 'classify': accuracy, "
+            "confusion, macro_f1, macro_precision, macro_recall, micro_f1") in message
+    assert "task.metrics[2]: a metric of other tasks: 'perplexity'" in message

@@ -7,7 +7,6 @@ import math
 import signal
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -17,6 +16,7 @@ from lmforge.errors import LmforgeError
 from lmforge.plugins.tasks.lm_task import LanguageModeling
 from lmforge.run.checkpoint import complete_checkpoints
 from lmforge.run.pipeline import load_run, run
+from lmforge.run.predict import predict_texts
 
 MODELS = {
     "gpt": {"type": "gpt", "n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16,
@@ -82,6 +82,12 @@ def test_run_writes_every_stage_and_then_reuses_them(registry, tmp_path, model, 
     assert complete_checkpoints(run_dir) == checkpoints
     kept = json.loads((run_dir / "eval.json").read_text())
     assert set(kept) == {"val", "test", "file:held-out.txt"}
+    # the metrics reported do not change what training computes: the training is reused
+    fewer = run(str(config), registry, ("task.metrics=[perplexity]",), console=quiet())
+    assert fewer["train"] == results["train"] and complete_checkpoints(run_dir) == checkpoints
+    assert list(fewer["eval"]["val"]) == ["loss", "perplexity", "tokens", "bytes", "checkpoint"]
+    with pytest.raises(LmforgeError, match="holds a lm model, which does not predict labels"):
+        predict_texts(str(run_dir), registry, ("a text",))
 
 
 @pytest.mark.parametrize("model", ["gpt", "lstm"])
@@ -130,26 +136,3 @@ def test_rerun_with_changed_settings_does_not_overwrite_checkpoints(registry, tm
     run(str(config), registry, console=quiet())
     with pytest.raises(LmforgeError, match="--resume"):
         run(str(config), registry, ("trainer.lr=0.01",), console=quiet())
-
-
-class UniformModel(torch.nn.Module):
-    """Predicts every token with equal probability."""
-
-    def __init__(self, vocab_size: int):
-        super().__init__()
-        self.vocab_size = vocab_size
-        self.anchor = torch.nn.Parameter(torch.zeros(()))
-
-    def forward(self, idx):
-        return torch.zeros(*idx.shape, self.vocab_size) + self.anchor
-
-
-def test_bits_per_byte_of_a_uniform_model_is_log2_of_the_vocabulary():
-    task = LanguageModeling(LanguageModeling.Settings(block_size=8))
-    task.block_size = 8
-    tokens = np.arange(100) % 50
-    figures = task.evaluate_tokens(UniformModel(64), tokens, n_bytes=99, batch_size=4)
-    assert figures["tokens"] == 99
-    assert figures["loss"] == pytest.approx(math.log(64))
-    assert figures["bits_per_byte"] == pytest.approx(6.0)
-    assert figures["perplexity"] == pytest.approx(64.0)

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from rich.console import Console
 from torch import nn
 
+from lmforge.config import resolve
 from lmforge.errors import LmforgeError
+from lmforge.host.manager import load_plugins
 from lmforge.interfaces.model import SequenceClassifier
 from lmforge.interfaces.task import TaskData
 from lmforge.plugins.tasks.classify_task import Classification
+
+from ..core.fake_dists import make_distribution
 
 POSITIVE = ["great", "lovely", "warm", "funny", "superb"]
 NEGATIVE = ["dull", "awful", "bland", "boring", "weak"]
@@ -45,8 +51,10 @@ def make_task(registry, tmp_path: Path, splits: dict[str, list[dict]], **setting
               ) -> Classification:
     tokenizer = registry.get("tokenizer", "word").create({})
     tokenizer.train(r["text"] for r in splits["train"])
-    task = Classification(Classification.Settings(**settings))
-    task.setup(TaskData(FakePrepared(splits), tokenizer, "hash", tmp_path), None)
+    settings = Classification.Settings(**settings)
+    task = Classification(settings)
+    metrics = [registry.get("metric", name) for name in settings.metrics]
+    task.setup(TaskData(FakePrepared(splits), tokenizer, "hash", tmp_path, metrics), None)
     return task
 
 
@@ -134,7 +142,8 @@ def test_truncation_to_max_length(registry, tmp_path, splits):
     task = make_task(registry, tmp_path, splits, max_length=3)
     assert max(len(ids) for ids in task.splits["train"].ids) == 3
     with pytest.raises(LmforgeError, match="longer than the model's context length 2"):
-        task.prepare_inference(task.tokenizer, task.labels, 2)
+        task.prepare_inference(TaskData(None, task.tokenizer, "hash", tmp_path, []), task.labels,
+                               2)
 
 
 def test_balanced_and_explicit_class_weights(registry, tmp_path, splits):
@@ -159,6 +168,9 @@ def test_learns_and_predict_agrees_with_evaluate(registry, tmp_path, splits):
         loss.backward()
         optimizer.step()
     figures = task.evaluate(model, "test", batch_size=7)
+    assert list(figures) == ["loss", "accuracy", "macro_precision", "macro_recall", "macro_f1",
+                             "micro_f1", "examples", "per_class", "confusion",
+                             "majority_baseline"]
     assert figures["accuracy"] >= 0.95 and figures["examples"] == 60
     assert figures["majority_baseline"] == {"label": "pos", "accuracy": pytest.approx(40 / 60),
                                             "macro_f1": pytest.approx(0.4)}
@@ -167,7 +179,8 @@ def test_learns_and_predict_agrees_with_evaluate(registry, tmp_path, splits):
     correct = sum(p["label"] == r["label"] for p, r in pairs)
     assert correct / 60 == pytest.approx(figures["accuracy"])
     assert all(sum(p["probabilities"].values()) == pytest.approx(1.0) for p in predictions)
-    on_records = task.evaluate_records(model, splits["test"], 11, "reviews.tsv")
+    held_out = tmp_path / "reviews.tsv"
+    on_records = task.evaluate_file(model, held_out, 11, {held_out: splits["test"]}.__getitem__)
     assert on_records["accuracy"] == figures["accuracy"]
     assert on_records["confusion"] == figures["confusion"]
 
@@ -194,3 +207,47 @@ def test_word_dropout_replaces_real_tokens_only_and_repeats(registry, tmp_path, 
     # evaluation sees every word
     assert torch.equal(next(dropping.eval_batches("val", 64))["input"],
                        next(plain.eval_batches("val", 64))["input"])
+
+
+WRONG_LABELS = '''
+    """A third-party metric for classifiers."""
+    from lmforge import Metric, hookimpl
+
+
+    class WrongLabels(Metric):
+        """How many texts got a wrong label."""
+
+        tasks = ("classify",)
+
+        def __init__(self, settings):
+            super().__init__(settings)
+            self.wrong = 0
+
+        def update(self, scored):
+            self.wrong += int((scored["target"] != scored["predicted"]).sum())
+
+        def compute(self):
+            return {"wrong_labels": self.wrong}
+
+
+    @hookimpl
+    def register_metrics(register):
+        register("wrong_labels", WrongLabels)
+'''
+
+
+def test_a_plugin_metric_named_in_the_config_is_reported(tmp_path, monkeypatch, splits):
+    make_distribution(tmp_path / "dists", "lmforge-wrong-labels", "0.1",
+                      {"wrong-labels": "wrong_labels"}, {"wrong_labels": WRONG_LABELS})
+    monkeypatch.syspath_prepend(str(tmp_path / "dists"))
+    registry = load_plugins({"LMFORGE_LOAD_PLUGINS": "lmforge-wrong-labels"}).registry
+    config = resolve({"task": {"type": "classify", "metrics": ["accuracy", "wrong_labels"]}},
+                     registry)
+    assert [e.provider.distribution for e in config.metrics] == ["lmforge", "lmforge-wrong-labels"]
+    task = make_task(registry, tmp_path, splits, metrics=["accuracy", "wrong_labels"])
+    figures = task.evaluate(BagOfEmbeddings(task.tokenizer.vocab_size, 2), "test", 8)
+    assert list(figures) == ["loss", "accuracy", "wrong_labels", "majority_baseline"]
+    assert figures["wrong_labels"] == round((1 - figures["accuracy"]) * 60)
+    output = io.StringIO()
+    task.write_report(tmp_path, {"test": figures}, Console(file=output))
+    assert output.getvalue() == "" and not (tmp_path / "plots").exists()

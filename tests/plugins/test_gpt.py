@@ -10,7 +10,7 @@ from lmforge import ops
 from lmforge.errors import LmforgeError
 from lmforge.interfaces.model import ModelSpec
 from lmforge.plugins.models.gpt import Gpt, GptClassifier, GptModule, KVCache
-from lmforge.run.generate import generate
+from lmforge.plugins.tasks.generate import generate
 
 from . import classify_checks
 from .lm_checks import fit_repeated_pattern

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from lmforge.errors import LmforgeError
+from lmforge.interfaces.task import TaskData
 from lmforge.plugins.tasks.lm_task import LanguageModeling
 
 
@@ -57,3 +60,28 @@ def test_an_empty_split_cannot_be_evaluated():
 
 def test_lm_is_registered(registry):
     assert registry.get("task", "lm").component is LanguageModeling
+
+
+class UniformModel(torch.nn.Module):
+    """Predicts every token with equal probability."""
+
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, idx):
+        return torch.zeros(*idx.shape, self.vocab_size) + self.anchor
+
+
+def test_bits_per_byte_of_a_uniform_model_is_log2_of_the_vocabulary(registry, tmp_path):
+    task = LanguageModeling(LanguageModeling.Settings(block_size=8))
+    metrics = [registry.get("metric", name) for name in task.settings.metrics]
+    task.prepare_inference(TaskData(None, None, "", tmp_path, metrics), (), None)
+    tokens = np.arange(100) % 50
+    figures = task.evaluate_tokens(UniformModel(64), tokens, n_bytes=99, batch_size=4)
+    assert list(figures) == ["loss", "perplexity", "bits_per_byte", "tokens", "bytes"]
+    assert figures["tokens"] == 99
+    assert figures["loss"] == pytest.approx(math.log(64))
+    assert figures["bits_per_byte"] == pytest.approx(6.0)
+    assert figures["perplexity"] == pytest.approx(64.0)

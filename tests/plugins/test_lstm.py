@@ -9,7 +9,7 @@ from lmforge.errors import LmforgeError
 from lmforge.interfaces.model import ModelSpec
 from lmforge.ops import lstm as lstm_ops
 from lmforge.plugins.models.lstm import Lstm, LstmModule
-from lmforge.run.generate import generate
+from lmforge.plugins.tasks.generate import generate
 
 from .lm_checks import fit_repeated_pattern
 

@@ -9,9 +9,9 @@ import pytest
 
 from lmforge.config import resolve
 from lmforge.data.prepare import prepare_data
-from lmforge.data.token_cache import encode_splits, load_token_cache, token_cache_key
 from lmforge.errors import LmforgeError
 from lmforge.interfaces.tokenizer import Tokenizer
+from lmforge.plugins.tasks.token_cache import encode_splits, load_token_cache, token_cache_key
 
 SPLIT_TEXTS = {"train": ["héllo", "", "wörld 🎉"], "val": ["abc"], "test": []}
 

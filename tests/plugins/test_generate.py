@@ -1,4 +1,4 @@
-"""Tests of lmforge.run.generate: sampling, state handling, stopping and streamed text."""
+"""Tests of lmforge.plugins.tasks.generate: sampling, state handling, stopping and streamed text."""
 
 import pytest
 import torch
@@ -8,7 +8,7 @@ from lmforge.errors import LmforgeError
 from lmforge.interfaces.model import LanguageModel, ModelSpec
 from lmforge.interfaces.tokenizer import Tokenizer
 from lmforge.plugins.models.gpt import Gpt
-from lmforge.run.generate import generate, generate_text, sample_next
+from lmforge.plugins.tasks.generate import generate, generate_text, sample_next
 
 
 class Scripted(LanguageModel):
