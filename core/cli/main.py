@@ -177,64 +177,6 @@ def eval_command(host: PluginHost, run_dir: str, split: str, data_file: str | No
         click.echo(json.dumps(results, indent=2))
 
 
-@cli.command("predict")
-@click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--text", "texts", multiple=True,
-              help="A text to classify (repeatable); without --text or --file, one text per "
-                   "line of standard input.")
-@click.option("--file", "data_file", type=click.Path(dir_okay=False),
-              help="Classify every record of a data file (read with the run's source settings).")
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per text.")
-@click.pass_obj
-def predict_command(host: PluginHost, run_dir: str, texts: tuple[str, ...], data_file: str | None,
-                    batch_size: int, as_json: bool) -> None:
-    """The label of each text, with every label's probability, from a trained classifier."""
-    from lmforge.run.predict import predict_texts
-
-    predictions = predict_texts(run_dir, host.registry, texts, data_file, batch_size,
-                                stdin=None if texts or data_file else sys.stdin)
-    if as_json:
-        for prediction in predictions:
-            click.echo(json.dumps(prediction))
-        return
-    from lmforge.cli.render import predictions_table
-
-    console.print(predictions_table(predictions))
-
-
-@cli.command("generate")
-@click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--prompt", default="", help="Text to continue.")
-@click.option("--max-new-tokens", type=int, default=200, show_default=True)
-@click.option("--temperature", type=float, default=0.8, show_default=True,
-              help="0 is greedy decoding.")
-@click.option("--top-k", type=int, default=None, help="Sample among the k likeliest tokens.")
-@click.option("--top-p", type=float, default=None, help="Nucleus sampling threshold.")
-@click.option("--repetition-penalty", type=float, default=1.0, show_default=True)
-@click.option("--stop", "stop_strings", multiple=True, help="Stop at this text (repeatable).")
-@click.option("--seed", type=int, default=None, help="Seed for repeatable samples.")
-@click.pass_obj
-def generate_command(host: PluginHost, run_dir: str, prompt: str, max_new_tokens: int,
-                     temperature: float,
-                     top_k: int | None, top_p: float | None, repetition_penalty: float,
-                     stop_strings: tuple[str, ...], seed: int | None) -> None:
-    """Continue a prompt with a trained language model, streaming the text as it comes."""
-    from lmforge.run.pipeline import load_run
-
-    loaded = load_run(run_dir, host.registry, with_data=False)
-    if not loaded.task.generates_text:
-        raise LmforgeError(f"{run_dir} holds a {loaded.config.components['task'].entry.name} "
-                           f"model, which does not generate text; use `lmforge predict`")
-    click.echo(prompt, nl=False)
-    for piece in loaded.task.generate_text(
-            loaded.model, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
-            top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed,
-            stop_strings=list(stop_strings)):
-        click.echo(piece, nl=False)
-    click.echo()
-
-
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj

@@ -141,18 +141,3 @@ def doctor_view(console: Console, findings: dict[str, Any]) -> None:
     for what, found in rows:
         table.add_row(what, found)
     console.print(table)
-
-
-def predictions_table(predictions: list[dict[str, Any]]) -> Table:
-    """A row per text: the predicted label, its probability, and the true label if known."""
-    table = Table(title_justify="left")
-    table.add_column("text", overflow="fold", ratio=3)
-    table.add_column("label")
-    table.add_column("probability", justify="right")
-    truth = any("true_label" in p for p in predictions)
-    if truth:
-        table.add_column("true label")
-    for p in predictions:
-        row = [p["text"], p["label"], f"{p['probabilities'][p['label']]:.4f}"]
-        table.add_row(*row, *([p.get("true_label", "")] if truth else []))
-    return table

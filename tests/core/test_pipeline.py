@@ -13,10 +13,10 @@ import yaml
 from rich.console import Console
 
 from lmforge.errors import LmforgeError
+from lmforge.plugins.tasks.commands import predict_texts
 from lmforge.plugins.tasks.lm_task import LanguageModeling
 from lmforge.run.checkpoint import complete_checkpoints
 from lmforge.run.pipeline import load_run, run
-from lmforge.run.predict import predict_texts
 
 MODELS = {
     "gpt": {"type": "gpt", "n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16,
