@@ -32,7 +32,7 @@ bench: install
 		--benchmark-columns=median,min,max,rounds $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check core plugins tests benchmarks examples setup.py
+	$(BIN)/ruff check core cli csrc plugins tests benchmarks examples setup.py
 
 clean:
 	rm -rf build *.egg-info core/_C*.so

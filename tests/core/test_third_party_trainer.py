@@ -8,9 +8,10 @@ import json
 import pytest
 import yaml
 
+from tests.cli.test_cli import run
+from tests.cli.test_cli_classify import write_config
+
 from .fake_dists import make_distribution
-from .test_cli import run
-from .test_cli_classify import write_config
 
 PLAIN_SGD = '''
     """A minimal trainer that writes the run folder through lmforge's contract only."""

@@ -6,8 +6,9 @@ import json
 
 import yaml
 
+from tests.core.test_pipeline import write_config
+
 from .test_cli import run
-from .test_pipeline import write_config
 
 
 def test_run_then_eval_and_repeatable_generation(tmp_path):

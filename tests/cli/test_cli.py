@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .fake_dists import BROKEN_IMPORT, make_distribution
+from tests.core.fake_dists import BROKEN_IMPORT, make_distribution
 
 LMFORGE = Path(sys.executable).with_name("lmforge")
 
