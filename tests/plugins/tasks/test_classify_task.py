@@ -17,8 +17,7 @@ from lmforge.host.manager import load_plugins
 from lmforge.interfaces.model import SequenceClassifier
 from lmforge.interfaces.task import TaskData
 from lmforge.plugins.tasks.classify_task import Classification
-
-from ..core.fake_dists import make_distribution
+from tests.core.fake_dists import make_distribution
 
 POSITIVE = ["great", "lovely", "warm", "funny", "superb"]
 NEGATIVE = ["dull", "awful", "bland", "boring", "weak"]
