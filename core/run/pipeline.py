@@ -249,7 +249,8 @@ def load_run(run_dir: Path, registry: Registry, *, with_data: bool = True) -> Lo
     if not config_file.exists():
         raise LmforgeError(f"{run_dir}: not a run folder (no config.yaml); give the folder "
                            f"`lmforge run` wrote, e.g. runs/NAME")
-    config = runnable(load_config(config_file, registry), registry)
+    # callbacks only watch training: a run whose callback plugin is gone still loads
+    config = runnable(load_config(config_file, registry, ("callbacks=[]",)), registry)
     # the folder may have moved since it was written: its own location wins
     config.runs_dir, config.name = run_dir.parent, run_dir.name
     checkpoints = complete_checkpoints(run_dir)

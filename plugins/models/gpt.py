@@ -179,7 +179,7 @@ class GptModule(LanguageModel):
             raise ValueError(f"gpt {where}: at most block_size={self.max_context} positions, "
                              f"found {pos} cached + {idx.shape[1]} new = {pos + idx.shape[1]}; "
                              f"crop the sequence to its last {self.max_context} tokens "
-                             f"(lmforge.run.generate does this)")
+                             f"(lmforge.plugins.tasks.generate does this)")
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Next-token logits (B, T, V) of every position of `idx` (B, T), T <= block_size."""

@@ -10,7 +10,7 @@ import yaml
 from lmforge.config import load_config
 from lmforge.errors import ConfigError
 from lmforge.host.manager import load_plugins
-from lmforge.run.pipeline import config_hash, run
+from lmforge.run.pipeline import config_hash, load_run, run
 
 from .fake_dists import make_distribution
 from .test_pipeline import quiet, write_config
@@ -76,7 +76,7 @@ def install(root, monkeypatch, module: str, source: str):
     return load_plugins({})
 
 
-def test_a_plugin_callback_named_in_the_config_sees_the_run(tmp_path, monkeypatch):
+def test_a_plugin_callback_named_in_the_config_sees_the_run(registry, tmp_path, monkeypatch):
     host = install(tmp_path / "dists", monkeypatch, "lmforge_recorder", RECORDER)
     assert host.failures == []
     path = write_config(tmp_path, max_steps=8, eval_every=4, log_every=2, checkpoint_every=4)
@@ -92,6 +92,9 @@ def test_a_plugin_callback_named_in_the_config_sees_the_run(tmp_path, monkeypatc
     assert events[-1] == ("end", 8, "max_steps") and summary["steps"] == 8
     assert all(e[3] for e in events if e[0] == "checkpoint")  # told once it is complete
     assert (tmp_path / "runs" / "tiny-gpt" / "plots" / "loss.png").exists()
+    # the recorder's plugin gone, the run still loads for eval, predict and generate
+    assert "recorder" not in registry.names("callback")
+    assert load_run(tmp_path / "runs" / "tiny-gpt", registry, with_data=False).checkpoint
 
 
 def test_callbacks_stay_out_of_the_config_hash(registry, tmp_path):
