@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from lmforge import hookimpl
+from lmforge.atomic import atomic_file
 from lmforge.interfaces.metric import Metric
 
 
@@ -214,6 +215,6 @@ def plot_confusion(path, confusion: dict[str, Any], title: str) -> None:
         ax.text(col, row, f"{value:,}", ha="center", va="center",
                 color="white" if value > threshold else "black")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)

@@ -9,6 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from lmforge.atomic import atomic_file
 from lmforge.interfaces.callback import Callback
 from lmforge.run.folder import read_metrics
 
@@ -31,10 +32,8 @@ def plot_losses(path: Path, records: list[dict[str, Any]]) -> None:
     by_step.set_ylabel("loss")
     by_step.legend()
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    figure.savefig(tmp, format="png", dpi=100)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
 
 
 class LossPlot(Callback):
