@@ -9,14 +9,14 @@ from typing import Any
 
 import lmforge
 from lmforge.host.manager import PluginHost
-from lmforge.ops import auto_backends, cpu_features, load
+from lmforge.ops import auto_backends, cpu_features, load, load_error
 
 
 def kernels_info() -> dict[str, Any]:
     """Whether a kernels module for this CPU is built, which, and what it was built with."""
     module = load()
     if module is None:
-        return {"built": False, "error": "no kernels module for this CPU is built"}
+        return {"built": False, "error": load_error()}
     return {"built": True, "module": module.__name__, **module.build_info(),
             "auto": auto_backends()}
 

@@ -49,20 +49,35 @@ def wants_avx512() -> bool:
     return capability.startswith("AVX512") and "avx512_bf16" in cpu_features()
 
 
+_load_errors: list[str] = []
+
+
 @functools.cache
 def load() -> ModuleType | None:
     """The kernels module for this CPU (importing it registers the torch ops), or None when
-    no module is built."""
+    none loads here; `load_error()` then says why."""
     if (platform.machine() in ("x86_64", "AMD64")
             and torch.backends.cpu.get_cpu_capability() == "DEFAULT"):
-        return None  # the x86 baseline is built for AVX2: it would fault on this CPU
+        _load_errors.append("this CPU lacks AVX2, which the baseline module is built for")
+        return None
     names = [AVX512_MODULE, BASELINE_MODULE] if wants_avx512() else [BASELINE_MODULE]
     for name in names:
         try:
             return importlib.import_module(name)
-        except ImportError:
-            continue
+        except ModuleNotFoundError as exc:
+            if exc.name != name:  # the module is there; something it imports is not
+                _load_errors.append(f"{name} does not load: {exc}")
+            else:
+                _load_errors.append(f"{name} is not built")
+        except ImportError as exc:  # built, but not loadable: another torch's ABI, a bad build
+            _load_errors.append(f"{name} does not load: {exc}")
     return None
+
+
+def load_error() -> str | None:
+    """Why no kernels module loaded (None when one did): not built, or built but failing to
+    import, with the import error; a broken build is never mistaken for a missing one."""
+    return None if load() is not None else "; ".join(_load_errors)
 
 
 Backend = Literal["auto", "fused", "reference"]
@@ -90,12 +105,15 @@ _warned: set[str] = set()
 
 
 def why_not_fused(op: str) -> str | None:
-    """Why the fused `op` would not run here, as a phrase ("not built", "missing the BLAS symbols
-    ..."), or None when it will: a kernels module for this CPU is loaded, registers `op`, and the
-    BLAS its kernel calls resolves. The one check behind `auto`, `fused`, doctor and the tests."""
+    """Why the fused `op` would not run here, as a phrase ("not available (...)", "missing the
+    BLAS symbols ..."), or None when it will: a kernels module for this CPU is loaded, registers
+    `op`, and the BLAS its kernel calls resolves. The one check behind `auto`, `fused`, doctor
+    and the tests."""
     module = load()
-    if module is None or not hasattr(torch.ops.lmforge, op):
-        return "not built"
+    if module is None:
+        return f"not available ({load_error()})"
+    if not hasattr(torch.ops.lmforge, op):
+        return f"not built ({module.__name__} has no {op} op)"
     # dlsym through the module's handle searches the libraries it links, where its weak symbols
     # resolve; a symbol found only elsewhere counts as missing, so `auto` errs on the safe side.
     library = ctypes.CDLL(module.__file__)

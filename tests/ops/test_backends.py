@@ -1,5 +1,10 @@
 """Backend resolution: one check, why_not_fused, decides what auto, fused and doctor use."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from lmforge import ops
@@ -62,3 +67,40 @@ def test_an_unknown_backend_names_the_setting(monkeypatch):
     monkeypatch.setenv("LMFORGE_KERNELS", "fastest")
     with pytest.raises(LmforgeError, match="LMFORGE_KERNELS / kernels: .* found 'fastest'"):
         ops.resolve_backend("auto", "attention")
+
+
+ROOT = Path(__file__).resolve().parents[2]
+# A kernels module that is there but does not import, as after a build against another torch.
+BROKEN_BUILD = """
+import importlib.abc, sys
+class Broken(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.startswith("lmforge._C"):
+            raise ImportError(f"{name}: undefined symbol: _ZN2at4_ops5zeros4callE")
+sys.meta_path.insert(0, Broken())
+"""
+
+
+def run_broken(code: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "LMFORGE_SKIP_EXT"}
+    return subprocess.run([sys.executable, "-c", BROKEN_BUILD + code], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=300)
+
+
+def test_a_broken_build_is_reported_as_broken_not_as_missing():
+    result = run_broken("from lmforge import ops\n"
+                        "print(ops.load(), ops.load_error(), ops.why_not_fused('lstm'), "
+                        "sep='\\n')")
+    loaded, error, reason = result.stdout.splitlines()
+    assert loaded == "None"
+    assert "does not load" in error and "undefined symbol: _ZN2at4_ops5zeros4callE" in error
+    assert reason == f"not available ({error})"
+
+
+def test_a_broken_build_fails_the_test_suite():
+    result = run_broken("import pytest\n"
+                        "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', "
+                        "'tests/ops/test_backends.py::test_an_unknown_backend_names_the_setting']))")
+    assert result.returncode == 1
+    assert "the fused kernels do not run here" in result.stdout + result.stderr
+    assert "undefined symbol" in result.stdout + result.stderr
