@@ -19,6 +19,7 @@ from lmforge.data.split import SPLITS, contiguous_bounds, hash_split
 from lmforge.data.textkey import text_digest
 from lmforge.errors import ConfigError
 from lmforge.interfaces.data import Preprocessor, Record
+from lmforge.run.folder import check_run_folder
 
 # Bump when the layout or meaning of prepared files changes, so old caches are not reused.
 DATA_FORMAT = 1
@@ -98,6 +99,7 @@ def prepare_data(config: RunConfig, *, force: bool = False,
     """Prepare the config's data into `runs/NAME/data/prepared-KEY/`, reusing a complete cache."""
     if config.data is None:
         raise ConfigError("the config has no 'data' section: name a data source under data.source")
+    check_run_folder(config.run_dir)
     data = config.data
     source = data.source.create()
     key = data_cache_key(data, source.fingerprint())

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.atomic import atomic_write_text
+from lmforge.errors import LmforgeError
 from lmforge.interfaces.callback import Callback
 from lmforge.settings import NoSettings
 
@@ -27,6 +28,16 @@ SPEC_FILE = "model_spec.json"
 TOKENIZER_FILE = "tokenizer.json"
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.json"
+
+
+def check_run_folder(run_dir: Path) -> None:
+    """Refuse to write into an existing folder that is not a run folder: a config's `runs_dir`
+    and `name` may point anywhere, and nothing lmforge did not write may be touched."""
+    if (run_dir.is_dir() and any(run_dir.iterdir())
+            and not any((run_dir / name).exists() for name in (CONFIG_FILE, "data"))):
+        raise LmforgeError(f"{run_dir} exists and is not a run folder (it has no {CONFIG_FILE} "
+                           f"or data/): lmforge writes only into its own folders; choose "
+                           f"another run `name` or `runs_dir`")
 
 
 class MetricsLog(Callback):

@@ -46,3 +46,18 @@ def test_a_changed_data_split_is_refused_before_the_run_folder_changes(registry,
     with pytest.raises(LmforgeError, match="already has 2 complete checkpoint"):
         run(str(config), registry, ("data.split.val=0.2",), console=quiet())
     assert snapshot(run_dir) == before
+
+
+def test_a_folder_that_is_not_a_run_folder_is_never_written(registry, tmp_path):
+    config = write_config(tmp_path, "gpt", max_steps=4)
+    elsewhere = tmp_path / "elsewhere" / "notes"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "mine.txt").write_text("not lmforge's")
+    before = snapshot(elsewhere.parent)
+    overrides = (f"runs_dir={elsewhere.parent}", "name=notes")
+    with pytest.raises(LmforgeError, match=r"notes exists and is not a run folder"):
+        run(str(config), registry, overrides, console=quiet())
+    assert snapshot(elsewhere.parent) == before
+    (elsewhere / "mine.txt").unlink()  # an empty folder may become a run folder
+    run(str(config), registry, overrides, console=quiet())
+    assert (elsewhere / "config.yaml").exists()
