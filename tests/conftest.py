@@ -16,7 +16,8 @@ os.environ.pop("LMFORGE_STRICT_PLUGINS", None)
 os.environ["LMFORGE_CACHE_DIR"] = tempfile.mkdtemp(prefix="lmforge-test-cache-")
 os.environ["LMFORGE_NO_PROGRESS"] = "1"
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# the corpora the shipped examples read: in the project, so no test skips for want of them
+EXAMPLE_DATA = Path(__file__).resolve().parents[1] / "examples" / "data"
 # `make install` builds the kernels; an install with LMFORGE_SKIP_EXT=1 (a machine that cannot
 # build them) is tested without. Otherwise a kernel that does not run fails the suite at once:
 # a broken build or another torch's ABI must not pass as skipped tests.
@@ -44,11 +45,3 @@ def builtin_registry():
 def registry():
     """The registry of the built-in plugins only."""
     return builtin_registry()
-
-
-@pytest.fixture
-def shared_data():
-    """The shared corpora folder; tests using it skip where it is absent."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
-    return SHARED_DATA

@@ -166,7 +166,10 @@ def test_bare_string_names_a_component_with_default_settings(registry):
 def test_every_shipped_config_validates(path, registry):
     first_line = path.read_text(encoding="utf-8").splitlines()[0]
     assert first_line.startswith("# lmforge "), "a shipped config starts with its command"
-    load_config(path, registry)
+    config = load_config(path, registry)
+    # the README runs them from the repository root: the data they name is in the project
+    for name in getattr(config.data.source.settings, "paths", []):
+        assert (EXAMPLES.parents[1] / name).is_file(), f"{path.name}: {name} is not shipped"
 
 
 def test_task_metrics_must_be_registered_metrics_of_that_task(registry):

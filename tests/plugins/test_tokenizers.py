@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from lmforge.errors import LmforgeError
 from lmforge.interfaces.tokenizer import file_hash, load_tokenizer
 from lmforge.plugins import tokenizers
+from tests.conftest import EXAMPLE_DATA
 
 MULTILINGUAL = [
     "Emma Woodhouse, handsome, clever, and rich, had lived nearly twenty-one years.",
@@ -169,8 +170,8 @@ def test_byte_bpe_encodes_long_texts_in_pieces_with_the_same_ids(registry, monke
         assert tokenizer.decode(tokenizer.encode(text)) == text
 
 
-def test_char_and_byte_bpe_round_trip_austen(registry, shared_data):
-    with gzip.open(shared_data / "austen_6_novels.txt.gz", "rt", encoding="utf-8") as handle:
+def test_char_and_byte_bpe_round_trip_austen(registry):
+    with gzip.open(EXAMPLE_DATA / "austen_6_novels.txt.gz", "rt", encoding="utf-8") as handle:
         text = handle.read(300_000)
     paragraphs = text.split("\n\n")
     for name, settings in (("char", {}), ("byte-bpe", {"vocab_size": 1000})):

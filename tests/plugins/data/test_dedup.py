@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from lmforge.plugins.data.dedup import Dedup
+from tests.conftest import EXAMPLE_DATA
 
 PARAGRAPH = (
     "She was the youngest of the two daughters of a most affectionate, indulgent father; and "
@@ -94,8 +95,8 @@ def test_dedup_is_registered(registry):
     assert entry.create({"near": True}).settings.near is True
 
 
-def test_austen_chapter_headings_are_duplicates(shared_data):
-    with gzip.open(shared_data / "austen_6_novels.txt.gz", "rt", encoding="utf-8") as file:
+def test_austen_chapter_headings_are_duplicates():
+    with gzip.open(EXAMPLE_DATA / "austen_6_novels.txt.gz", "rt", encoding="utf-8") as file:
         paragraphs = re.split(r"\n\s*\n", file.read(400_000))
     dedup = make(near=True)
     kept = kept_texts(dedup, [p for p in paragraphs if p.strip()])

@@ -12,6 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from lmforge.errors import DataError
+from tests.conftest import EXAMPLE_DATA
 
 SENTIMENT = {"label_column": "score", "label_thresholds": [0], "label_names": ["neg", "pos"]}
 
@@ -313,8 +314,8 @@ def test_records_stream_in_bounded_memory(tmp_path, source):
     assert first_peak < 1 << 20 and peak < 2 << 20, (first_peak, peak)
 
 
-def test_movie_reviews_split_by_valence(shared_data, source):
-    src = source("tsv", shared_data / "vader_movie_snippets.tsv.gz", text_column="text",
+def test_movie_reviews_split_by_valence(source):
+    src = source("tsv", EXAMPLE_DATA / "vader_movie_snippets.tsv.gz", text_column="text",
                  label_column="mean_human_valence", label_thresholds=[0],
                  label_names=["negative", "positive"])
     labels = Counter(record["label"] for record in src.records())
