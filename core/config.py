@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import glob as globlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,10 +231,12 @@ def read_yaml(path: str | Path) -> tuple[dict[str, Any], dict[tuple, int | str]]
 class _Resolver:
     """Validates a raw config, collecting every problem with its key path and line."""
 
-    def __init__(self, registry: Registry, origin: str, lines: dict[tuple, int | str]):
+    def __init__(self, registry: Registry, origin: str, lines: dict[tuple, int | str],
+                 config_dir: Path | None = None):
         self.registry = registry
         self.origin = origin
         self.lines = lines
+        self.config_dir = config_dir
         self.problems: list[str] = []
 
     def problem(self, path: tuple, message: str) -> None:
@@ -270,7 +273,35 @@ class _Resolver:
             return None
         settings = self.settings(entry.settings, {k: v for k, v in value.items() if k != "type"},
                                  path)
-        return Component(_format_path(path), entry, settings) if settings else None
+        if settings is None:
+            return None
+        return Component(_format_path(path), entry, self.beside_config(settings, path))
+
+    def beside_config(self, settings: Settings, path: tuple) -> Settings:
+        """Settings that name files (`config_path` in their field's json_schema_extra): a
+        relative name is read from beside the config file when it exists there, else from the
+        working directory; names given with --set are the working directory's."""
+        if self.config_dir is None or self.config_dir.resolve() == Path.cwd().resolve():
+            return settings
+        changes = {}
+        for name, info in type(settings).model_fields.items():
+            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+            if not extra.get("config_path") or any(
+                    isinstance(line, str) and key[:len(path) + 1] == (*path, name)
+                    for key, line in self.lines.items()):
+                continue
+            value = getattr(settings, name)
+            names = [self._beside_config(v) for v in ([value] if isinstance(value, str) else value)]
+            changes[name] = names[0] if isinstance(value, str) else names
+        return settings.model_copy(update=changes)
+
+    def _beside_config(self, name: str) -> str:
+        beside = self.config_dir / name
+        if Path(name).is_absolute():
+            return name
+        found = (globlib.glob(str(beside), recursive=True) if any(c in name for c in "*?[")
+                 else beside.exists())
+        return str(beside.resolve()) if found else name
 
     def component_list(self, kind: str, value: Any, path: tuple) -> list[Component] | None:
         """A list of components (`data.preprocess`, `callbacks`); None if any is wrong."""
@@ -338,9 +369,12 @@ def _explain(error: dict, model: type[Settings]) -> str:
 
 
 def resolve(raw: dict[str, Any], registry: Registry, *, origin: str = "<config>",
-            lines: dict[tuple, int | str] | None = None, default_name: str = "run") -> RunConfig:
-    """Validate a raw config against the registry; raise one ConfigError listing every problem."""
-    resolver = _Resolver(registry, origin, lines or {})
+            lines: dict[tuple, int | str] | None = None, default_name: str = "run",
+            config_dir: Path | None = None) -> RunConfig:
+    """Validate a raw config against the registry; raise one ConfigError listing every problem.
+    `config_dir`, the config file's folder, is where relative file settings are looked for
+    first."""
+    resolver = _Resolver(registry, origin, lines or {}, config_dir)
     plugin_sections = registry.names("config_section")
     for key in raw:
         if key not in CORE_SECTIONS and key not in plugin_sections:
@@ -385,4 +419,5 @@ def load_config(path: str | Path, registry: Registry,
         for key in [k for k in lines if k[:len(overridden)] == overridden]:
             del lines[key]
         lines[overridden] = f"--set {assignment}"
-    return resolve(raw, registry, origin=str(path), lines=lines, default_name=Path(path).stem)
+    return resolve(raw, registry, origin=str(path), lines=lines, default_name=Path(path).stem,
+                   config_dir=Path(path).parent)

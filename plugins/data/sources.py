@@ -32,9 +32,11 @@ class FileSourceSettings(SourceSettings):
     """Settings every file-based source shares."""
 
     paths: list[str] = Field(
-        min_length=1, description="files, folders (every non-hidden file below, recursively) or "
-                                  "glob patterns (*, ?, ** recursive), relative to the current "
-                                  "directory; names ending in .gz are decompressed")
+        min_length=1, json_schema_extra={"config_path": True},
+        description="files, folders (every non-hidden file below, recursively) or glob patterns "
+                    "(*, ?, ** recursive); a relative name is read from beside the config file "
+                    "where it exists there, else from the current directory; names ending in "
+                    ".gz are decompressed")
 
     @field_validator("paths")
     @classmethod

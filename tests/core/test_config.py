@@ -167,9 +167,30 @@ def test_every_shipped_config_validates(path, registry):
     first_line = path.read_text(encoding="utf-8").splitlines()[0]
     assert first_line.startswith("# lmforge "), "a shipped config starts with its command"
     config = load_config(path, registry)
-    # the README runs them from the repository root: the data they name is in the project
+    # the data they name is in the project, found beside the config from any directory
     for name in getattr(config.data.source.settings, "paths", []):
-        assert (EXAMPLES.parents[1] / name).is_file(), f"{path.name}: {name} is not shipped"
+        assert Path(name).is_file(), f"{path.name}: {name} is not shipped"
+
+
+def test_relative_files_are_read_from_beside_the_config_first(tmp_path, registry, monkeypatch):
+    folder = tmp_path / "conf"
+    (folder / "texts").mkdir(parents=True)
+    for name in ("beside.txt", "texts/a.txt", "both.txt"):
+        (folder / name).write_text("x")
+    (tmp_path / "both.txt").write_text("y")
+    (tmp_path / "here.txt").write_text("z")
+    body = VALID.replace("paths: [corpus.txt]",
+                         "paths: [beside.txt, texts/*.txt, both.txt, here.txt, /abs.txt]")
+    path = write(folder, body)
+    monkeypatch.chdir(tmp_path)
+    paths = load_config(path, registry).data.source.settings.paths
+    assert paths == [str(folder / "beside.txt"), str(folder / "texts/*.txt"),
+                     str(folder / "both.txt"), "here.txt", "/abs.txt"]
+    # names given on the command line are the working directory's
+    overridden = load_config(path, registry, ["data.source.paths=[both.txt]"])
+    assert overridden.data.source.settings.paths == ["both.txt"]
+    monkeypatch.chdir(folder)  # run from beside the config: the names stay as written
+    assert load_config("conf.yaml", registry).data.source.settings.paths[0] == "beside.txt"
 
 
 def test_task_metrics_must_be_registered_metrics_of_that_task(registry):
