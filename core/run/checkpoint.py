@@ -109,6 +109,15 @@ def read_meta(folder: Path) -> dict[str, Any]:
         raise LmforgeError(f"checkpoint {folder}: expected a JSON object in {path}: {exc}") from exc
 
 
+def refuse_overwrite(run_dir: Path, checkpoints: list[Path]) -> None:
+    """A run started afresh must not write over the complete checkpoints already in its folder."""
+    if checkpoints:
+        raise LmforgeError(
+            f"{run_dir} already has {len(checkpoints)} complete checkpoint(s), the latest "
+            f"{checkpoints[-1].name}; resume it with --resume, or choose another run name (the "
+            f"run's `name`) to start afresh without overwriting it")
+
+
 def check_compatible(meta: dict[str, Any], config_hash: str, tokenizer_hash: str | None,
                      folder: Path | str | None = None) -> None:
     """Refuse to resume from a checkpoint written with another config or tokenizer (the

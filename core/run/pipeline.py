@@ -25,6 +25,7 @@ from lmforge.run.checkpoint import (
     complete_checkpoints,
     load_model_weights,
     read_meta,
+    refuse_overwrite,
 )
 from lmforge.run.folder import CONFIG_FILE, EVAL_FILE, SPEC_FILE, TOKENIZER_FILE
 
@@ -151,12 +152,12 @@ def run(config_path: str, registry: Registry, overrides: tuple[str, ...] = (), *
     console.print(f"model: {info['model']}, {info['parameters']:,} parameters, kernels "
                   f"{model.kernels_backend}")
 
+    trainer = config.components["trainer"].create()
     if finished is not None:
         console.print(f"train: cached (this config finished training at {finished.name})")
         load_model_weights(finished, model)
         summary = read_meta(finished).get("summary", {})
     else:
-        trainer = config.components["trainer"].create()
         summary = trainer.fit(TrainContext(
             run_dir=run_dir, model=model, task=task, seed=config.seed, config_hash=digest,
             tokenizer_hash=data.tokenizer_hash, resume=resume, model_info=info,
@@ -165,7 +166,8 @@ def run(config_path: str, registry: Registry, overrides: tuple[str, ...] = (), *
             console.print("interrupted: the checkpoint is saved; --resume continues")
             return {"train": summary}
     checkpoint = finished.name if finished is not None else Path(summary["checkpoint"]).name
-    results = {"train": summary, "eval": evaluate_run(config, task, model, console, checkpoint)}
+    results = {"train": summary, "eval": evaluate_run(config, task, model, console, checkpoint,
+                                                      trainer.eval_batch_size)}
     if task.generates_text:
         results["samples"] = write_samples(config, task, model, console)
     return results
@@ -184,20 +186,19 @@ def _check_existing_checkpoints(run_dir: Path, digest: str, resume: bool) -> Pat
         return None
     if meta.get("config_hash") == digest and meta.get("final"):
         return checkpoints[-1]
-    raise LmforgeError(
-        f"{run_dir} already has {len(checkpoints)} complete checkpoint(s), the latest "
-        f"{checkpoints[-1].name}; resume it with --resume, or choose another run name (the "
-        f"run's `name`) to start afresh without overwriting it")
+    refuse_overwrite(run_dir, checkpoints)
+    return None
 
 
 def evaluate_run(config: RunConfig, task: Task, model: torch.nn.Module, console: Console,
-                 checkpoint: str, splits: tuple[str, ...] = ("val", "test")) -> dict[str, Any]:
-    """Score the model (the weights of `checkpoint`) on whole splits and write eval.json.
+                 checkpoint: str, batch_size: int, splits: tuple[str, ...] = ("val", "test")
+                 ) -> dict[str, Any]:
+    """Score the model (the weights of `checkpoint`) on whole splits, `batch_size` sequences a
+    batch (the trainer's `eval_batch_size`), and write eval.json.
 
     Figures already in eval.json for the same checkpoint (`lmforge eval --data` files) stay;
     those of other checkpoints are dropped, since they describe weights that are gone.
     """
-    batch_size = config.components["trainer"].create().eval_batch_size
     results = {}
     for split in splits:
         try:

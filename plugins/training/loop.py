@@ -35,6 +35,7 @@ from lmforge.run.checkpoint import (
     load_model_weights,
     load_trainer_state,
     read_meta,
+    refuse_overwrite,
     save_checkpoint,
     update_meta,
 )
@@ -136,12 +137,7 @@ class Fit:
     def _resume_state(self) -> dict[str, Any] | None:
         """Load the latest checkpoint when resuming; refuse to overwrite one otherwise."""
         if not self.context.resume:
-            existing = complete_checkpoints(self.run_dir)
-            if existing:
-                raise LmforgeError(
-                    f"{self.run_dir} already has {len(existing)} complete checkpoint(s), the "
-                    f"latest {existing[-1].name}; resume it with --resume, or choose another "
-                    f"run name (the run's `name`) to start afresh without overwriting it")
+            refuse_overwrite(self.run_dir, complete_checkpoints(self.run_dir))
             return None
         folder = latest_checkpoint(self.run_dir)
         if folder is None:
