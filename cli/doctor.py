@@ -9,7 +9,8 @@ from typing import Any
 
 import lmforge
 from lmforge.host.manager import PluginHost
-from lmforge.ops import auto_backends, cpu_features, load, load_error
+from lmforge.ops import auto_backends, load, load_error
+from lmforge.ops.cpu import cpu_features
 
 
 def kernels_info() -> dict[str, Any]:

@@ -9,45 +9,17 @@ import importlib
 import os
 import platform
 import warnings
-from pathlib import Path
 from types import ModuleType
 from typing import Literal
 
 import torch  # the kernels modules link against libtorch: it must be loaded first
 
 from lmforge.errors import LmforgeError
-
-CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile",
-             "neon", "asimd", "sve")
-
-
-def cpu_features() -> list[str]:
-    """The SIMD features the kernels care about, from /proc/cpuinfo where it exists."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.exists():
-        return []
-    flags: set[str] = set()
-    for line in cpuinfo.read_text(errors="replace").splitlines():
-        if line.startswith(("flags", "Features")):
-            flags.update(line.partition(":")[2].split())
-            break
-    return [flag for flag in CPU_FLAGS if flag in flags]
-
+from lmforge.ops.cpu import wants_avx512
 
 # Both modules register the same `lmforge` torch ops, so a process loads exactly one of them.
 AVX512_MODULE = "lmforge._C_avx512"
 BASELINE_MODULE = "lmforge._C"
-
-
-def wants_avx512() -> bool:
-    """Whether the AVX-512 module suits this CPU: torch's own dispatch level says AVX-512 (it
-    honours ATEN_CPU_CAPABILITY), and /proc/cpuinfo lists AVX-512 BF16, which that module is
-    built with; LMFORGE_CPU_CAPABILITY=avx2 forces the baseline."""
-    if os.environ.get("LMFORGE_CPU_CAPABILITY", "").lower() == "avx2":
-        return False
-    capability = torch.backends.cpu.get_cpu_capability()
-    return capability.startswith("AVX512") and "avx512_bf16" in cpu_features()
-
 
 _load_errors: list[str] = []
 
@@ -68,7 +40,8 @@ def load() -> ModuleType | None:
             if exc.name != name:  # the module is there; something it imports is not
                 _load_errors.append(f"{name} does not load: {exc}")
             else:
-                _load_errors.append(f"{name} is not built")
+                _load_errors.append(f"{name} is not built (its build failed or was skipped: "
+                                    f"`pip install -v --no-build-isolation -e .` shows why)")
         except ImportError as exc:  # built, but not loadable: another torch's ABI, a bad build
             _load_errors.append(f"{name} does not load: {exc}")
     return None

@@ -2,9 +2,10 @@
 // attention_decode.cpp's one query row against a KV cache use these types, layouts and row step.
 #pragma once
 
-#include <torch/extension.h>
-
+// Only the headers used: torch/extension.h would add about 20 s of parsing per translation unit.
+#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 

@@ -1,5 +1,7 @@
 // The lmforge._C extension: the `lmforge` torch op namespace and the build facts `lmforge doctor` shows.
-#include <torch/extension.h>
+#include <pybind11/pybind11.h>
+#include <torch/library.h>
+#include <torch/version.h>
 
 // Op schemas live here; each kernel registers its CPU (and CUDA) implementation with
 // TORCH_LIBRARY_IMPL in its own file.
