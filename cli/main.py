@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 import lmforge
+from lmforge.cli.runs import runs
 from lmforge.errors import LmforgeError, PluginError
 from lmforge.host.manager import PluginHost, load_plugins
 
@@ -190,6 +191,9 @@ def doctor(host: PluginHost, as_json: bool) -> None:
         click.echo(json.dumps(findings, indent=2))
     else:
         doctor_view(console, findings)
+
+
+cli.add_command(runs)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

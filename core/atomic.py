@@ -7,6 +7,7 @@ import errno
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -117,12 +118,17 @@ def _swap_in(tmp: Path, final: Path) -> None:
     fsync_dir(final.parent)
 
 
+def stale_temporaries(parent: Path, name: str | None = None) -> list[Path]:
+    """The temporary files and folders in `parent` (those for `name` only, if given) that
+    `atomic_file` or `atomic_dir` left behind in a process that is no longer alive."""
+    pattern = re.compile(rf"\.{re.escape(name) if name else '.+'}\.(?:tmp|old)-(\d+)")
+    found = [(item, pattern.fullmatch(item.name)) for item in Path(parent).glob(".*")]
+    return sorted(item for item, match in found if match and not _alive(int(match.group(1))))
+
+
 def _remove_stale(final: Path) -> None:
-    """Temporary folders for `final` left by processes that were killed."""
-    for leftover in final.parent.glob(f".{final.name}.*-*"):
-        pid = leftover.name.rpartition("-")[2]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(leftover, ignore_errors=True)
+    for leftover in stale_temporaries(final.parent, final.name):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:

@@ -3,6 +3,8 @@
     runs/NAME/config.yaml        the resolved config (the pipeline writes it)
     runs/NAME/model_spec.json    what the model was built from (the pipeline)
     runs/NAME/tokenizer.json     the trained tokenizer (the pipeline)
+    runs/NAME/data/tokens-KEY/   a task's token caches, rebuilt when missing (`lmforge runs clean`
+                                 deletes them)
     runs/NAME/checkpoints/step-N/  weights, trainer state and meta (a trainer, through
                                  lmforge.run.checkpoint); `load_run` takes the latest complete one
     runs/NAME/metrics.jsonl      one JSON object per event, written by a trainer through its
@@ -28,6 +30,7 @@ SPEC_FILE = "model_spec.json"
 TOKENIZER_FILE = "tokenizer.json"
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.json"
+TOKEN_CACHE_PREFIX = "tokens-"
 
 
 def check_run_folder(run_dir: Path) -> None:

@@ -17,6 +17,7 @@ from lmforge.atomic import atomic_dir, fault_point, is_complete
 from lmforge.data.split import SPLITS
 from lmforge.errors import LmforgeError
 from lmforge.interfaces.tokenizer import Tokenizer
+from lmforge.run.folder import TOKEN_CACHE_PREFIX
 
 # Bump when the layout or meaning of the cache files changes, so old caches are not reused.
 TOKEN_FORMAT = 1
@@ -72,7 +73,7 @@ def encode_splits(prepared: Any, tokenizer: Tokenizer, tokenizer_hash: str, cach
     """
     splits = tuple(splits)
     data_key = prepared.report["cache"]["key"]
-    folder = Path(cache_dir) / f"tokens-{token_cache_key(data_key, tokenizer_hash)}"
+    folder = Path(cache_dir) / f"{TOKEN_CACHE_PREFIX}{token_cache_key(data_key, tokenizer_hash)}"
     previous: tuple[str, ...] = ()
     if is_complete(folder):
         arrays, meta = load_token_cache(folder)

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import lmforge.atomic
-from lmforge.atomic import atomic_dir, atomic_write_text, is_complete
+from lmforge.atomic import atomic_dir, atomic_write_text, is_complete, stale_temporaries
 
 
 def write_folder(final, files):
@@ -126,6 +126,18 @@ def test_temporaries_of_killed_writers_are_removed_and_live_ones_kept(tmp_path):
     (tmp_path / f".f.tmp-{os.getppid()}").mkdir()  # a live process: maybe still writing
     write_folder(tmp_path / "f", {"a.txt": "1"})
     assert sorted(p.name for p in tmp_path.iterdir()) == [f".f.tmp-{os.getppid()}", "f"]
+
+
+def test_stale_temporaries_lists_those_of_dead_writers_only(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    for name in (f".f.tmp-{dead}", f".g.old-{dead}", f".f.tmp-{os.getpid()}", f".f.bak-{dead}"):
+        (tmp_path / name).mkdir()
+    (tmp_path / f".h.json.tmp-{dead}").write_text("{")  # an atomic_file temporary
+    (tmp_path / ".notes").write_text("not lmforge's")
+    assert [p.name for p in stale_temporaries(tmp_path)] == [
+        f".f.tmp-{dead}", f".g.old-{dead}", f".h.json.tmp-{dead}"]
+    assert [p.name for p in stale_temporaries(tmp_path, "f")] == [f".f.tmp-{dead}"]
 
 
 def test_a_failed_file_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
