@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 import lmforge
+from lmforge.cli.plugin_admin import plugins_install, plugins_uninstall
 from lmforge.errors import LmforgeError, PluginError
 from lmforge.host.manager import PluginHost, load_plugins
 
@@ -30,7 +31,11 @@ def cli() -> None:
 
 @cli.group()
 def plugins() -> None:
-    """List installed plugins and the components they provide."""
+    """List, show, install and uninstall plugins and the components they provide."""
+
+
+plugins.add_command(plugins_install)
+plugins.add_command(plugins_uninstall)
 
 
 @plugins.command("list")
