@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 import lmforge
+from lmforge.cli.plugin_admin import plugins_install, plugins_uninstall
 from lmforge.cli.runs import runs
 from lmforge.errors import LmforgeError, PluginError
 from lmforge.host.manager import PluginHost, load_plugins
@@ -31,7 +32,11 @@ def cli() -> None:
 
 @cli.group()
 def plugins() -> None:
-    """List installed plugins and the components they provide."""
+    """List, show, install and uninstall plugins and the components they provide."""
+
+
+plugins.add_command(plugins_install)
+plugins.add_command(plugins_uninstall)
 
 
 @plugins.command("list")
@@ -39,23 +44,13 @@ def plugins() -> None:
 @click.pass_obj
 def plugins_list(host: PluginHost, as_json: bool) -> None:
     """Every plugin, built-in or installed, with its distribution, version and components."""
-    if not as_json:
-        from lmforge.cli.render import plugins_table
+    from lmforge.cli.render import plugins_listing, plugins_table
 
-        console.print(plugins_table(host))
-        return
-    listing = {
-        "plugins": [{"name": p.name, "distribution": p.distribution, "version": p.version,
-                     "builtin": p.builtin, "module": p.module,
-                     "components": [{"kind": e.kind, "name": e.name}
-                                    for e in host.registry.entries()
-                                    if e.provider.plugin == p.name]}
-                    for p in host.plugins],
-        "failed": [{"name": f.name, "distribution": f.distribution, "version": f.version,
-                    "entry_point": f.entry_point, "stage": f.stage, "error": f.error}
-                   for f in host.failures],
-    }
-    click.echo(json.dumps(listing, indent=2))
+    listing = plugins_listing(host)
+    if as_json:
+        click.echo(json.dumps(listing, indent=2))
+    else:
+        console.print(plugins_table(listing))
 
 
 @plugins.command("show")

@@ -11,20 +11,38 @@ from lmforge.host.manager import PluginHost
 from lmforge.host.registry import Entry
 
 
-def plugins_table(host: PluginHost) -> Table:
-    table = Table(title="lmforge plugins", title_justify="left")
+def plugins_listing(host: PluginHost) -> dict[str, Any]:
+    """The loaded plugins with their components, and the failed ones, as `plugins list --json`
+    prints them."""
+    return {
+        "plugins": [{"name": p.name, "distribution": p.distribution, "version": p.version,
+                     "builtin": p.builtin, "module": p.module,
+                     "components": [{"kind": e.kind, "name": e.name}
+                                    for e in host.registry.entries()
+                                    if e.provider.plugin == p.name]}
+                    for p in host.plugins],
+        "failed": [{"name": f.name, "distribution": f.distribution, "version": f.version,
+                    "entry_point": f.entry_point, "stage": f.stage, "error": f.error}
+                   for f in host.failures],
+    }
+
+
+def plugins_table(listing: dict[str, Any], title: str = "lmforge plugins") -> Table:
+    """A table of a `plugins_listing` (or of the part of one that some distributions provide)."""
+    table = Table(title=title, title_justify="left")
     table.add_column("plugin", no_wrap=True)
     table.add_column("distribution", no_wrap=True)
     table.add_column("version", no_wrap=True)
     table.add_column("components", overflow="fold")
-    for plugin in host.plugins:
-        components = [f"{e.kind}:{e.name}" for e in host.registry.entries()
-                      if e.provider.plugin == plugin.name]
-        label = f"{plugin.name} [dim](built-in)[/dim]" if plugin.builtin else plugin.name
-        table.add_row(label, plugin.distribution, plugin.version, ", ".join(components) or "-")
-    for failure in host.failures:
-        table.add_row(f"[red]{failure.name} (failed)[/red]", failure.distribution,
-                      failure.version, f"[red]{failure.error}[/red]")
+    for plugin in listing["plugins"]:
+        components = [f"{c['kind']}:{c['name']}" for c in plugin["components"]]
+        name = plugin["name"]
+        label = f"{name} [dim](built-in)[/dim]" if plugin["builtin"] else name
+        table.add_row(label, plugin["distribution"], plugin["version"],
+                      ", ".join(components) or "-")
+    for failure in listing["failed"]:
+        table.add_row(f"[red]{failure['name']} (failed)[/red]", failure["distribution"],
+                      failure["version"], f"[red]{failure['error']}[/red]")
     return table
 
 
