@@ -5,20 +5,22 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lmforge-installed
 PYTEST_ARGS ?=
+PIP := $(BIN)/pip install --quiet --no-compile
 
 .PHONY: install demo test test-slow bench lint clean
 
 install: $(STAMP)
 
 # torch comes first and pinned: resolving a bare `torch` would fetch a multi-GB CUDA build.
-# --no-build-isolation lets setup.py see that torch to build the extension.
+# --no-build-isolation lets setup.py see that torch to build the kernels (only the variant this
+# CPU loads; LMFORGE_BUILD_VARIANTS=all builds every one). --no-compile skips byte-compiling
+# all of torch up front: Python compiles what it imports, once.
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*) examples/lmforge-sqlite/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet setuptools wheel ninja numpy
-	$(BIN)/pip install --quiet --no-build-isolation -e ".[dev]"
-	$(BIN)/pip install --quiet --no-build-isolation ./examples/lmforge-sqlite
+	$(PIP) --upgrade pip
+	$(PIP) "$(TORCH_SPEC)" setuptools wheel ninja numpy
+	$(PIP) --no-build-isolation -e ".[dev]" ./examples/lmforge-sqlite
+	-$(BIN)/python -m lmforge.ops
 	touch $@
 
 demo: install
