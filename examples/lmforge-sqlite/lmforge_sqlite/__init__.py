@@ -25,7 +25,9 @@ class SqliteSource(DataSource):
     """
 
     class Settings(SourceSettings):
-        path: str = Field(description="the SQLite database file")
+        path: str = Field(description="the SQLite database file (relative: beside the config "
+                                      "file when it is there, else from the working directory)",
+                          json_schema_extra={"config_path": True})
         query: str = Field(description="a SQL SELECT whose rows become records, "
                                        "e.g. SELECT body AS text FROM posts ORDER BY id")
         text_column: str = Field("text", description="the query column holding the text")
