@@ -14,12 +14,13 @@ import pytest
 from lmforge.ops.cpu import wants_avx512
 
 ROOT = Path(__file__).parents[2]
+# the caller's build switches (CI sets some) must not leak into the builds under test
+BUILD_SWITCHES = ("LMFORGE_SKIP_EXT", "LMFORGE_REQUIRE_EXT", "LMFORGE_BUILD_VARIANTS")
 
 
 def build(folder: Path, **env: str) -> subprocess.CompletedProcess:
     """`setup.py build_ext --inplace` in a copy of the build files with the given sources."""
-    environment = {k: v for k, v in os.environ.items()
-                   if k not in ("LMFORGE_SKIP_EXT", "LMFORGE_REQUIRE_EXT")}
+    environment = {k: v for k, v in os.environ.items() if k not in BUILD_SWITCHES}
     return subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=folder,
                           capture_output=True, text=True, timeout=300,
                           env={**environment, "MAX_JOBS": "1", **env})
