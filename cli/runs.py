@@ -25,11 +25,18 @@ from lmforge.run.checkpoint import (
     read_meta,
     step_folders,
 )
-from lmforge.run.folder import CONFIG_FILE, EVAL_FILE, TOKEN_CACHE_PREFIX, read_metrics
+from lmforge.run.folder import (
+    CONFIG_FILE,
+    EVAL_FILE,
+    TOKEN_CACHE_PREFIX,
+    read_metrics,
+    run_lock,
+    running_pid,
+)
 
 console = Console()
 
-FINISHED, INTERRUPTED, NOT_STARTED = "finished", "interrupted", "not started"
+FINISHED, INTERRUPTED, NOT_STARTED, RUNNING = "finished", "interrupted", "not started", "running"
 STATE_STYLES = {FINISHED: "green", INTERRUPTED: "yellow", NOT_STARTED: "dim"}
 
 dir_option = click.option(
@@ -101,6 +108,12 @@ def _component_type(config: dict[str, Any], section: str) -> str | None:
 
 
 def _read_progress(run_dir: Path, summary: RunSummary) -> None:
+    _read_checkpoints(run_dir, summary)
+    if running_pid(run_dir) is not None:
+        summary.state = RUNNING
+
+
+def _read_checkpoints(run_dir: Path, summary: RunSummary) -> None:
     events = read_metrics(run_dir)
     steps = [e["step"] for e in events if isinstance(e.get("step"), int)]
     summary.logged_step = max(steps, default=None)
@@ -282,6 +295,14 @@ def runs_clean(name: str, runs_dir: Path, dry_run: bool) -> None:
     """Delete what run NAME can spare: checkpoints but the latest complete one, leftovers of
     interrupted writes, and token caches. `lmforge eval` and `--resume` still work after it."""
     run_dir = run_folder(runs_dir, name)
+    if dry_run:
+        _clean(run_dir, dry_run)
+        return
+    with run_lock(run_dir):  # refused while a run trains here; no run starts meanwhile
+        _clean(run_dir, dry_run)
+
+
+def _clean(run_dir: Path, dry_run: bool) -> None:
     targets = clean_targets(run_dir)
     verb = "would remove" if dry_run else "removed"
     freed = 0

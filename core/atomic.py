@@ -123,7 +123,7 @@ def stale_temporaries(parent: Path, name: str | None = None) -> list[Path]:
     `atomic_file` or `atomic_dir` left behind in a process that is no longer alive."""
     pattern = re.compile(rf"\.{re.escape(name) if name else '.+'}\.(?:tmp|old)-(\d+)")
     found = [(item, pattern.fullmatch(item.name)) for item in Path(parent).glob(".*")]
-    return sorted(item for item, match in found if match and not _alive(int(match.group(1))))
+    return sorted(item for item, match in found if match and not alive(int(match.group(1))))
 
 
 def _remove_stale(final: Path) -> None:
@@ -131,7 +131,8 @@ def _remove_stale(final: Path) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists (one we may not signal counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

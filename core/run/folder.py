@@ -12,15 +12,19 @@
                                  "step": N, ...};
                                  "eval" events carry "val_loss", which the search prunes on
     runs/NAME/eval.json          figures per split or data file (the pipeline and `lmforge eval`)
+    runs/NAME/.lock              the pid of the `lmforge run` working in the folder, while it runs
 """
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from lmforge.atomic import atomic_write_text
+from lmforge.atomic import alive, atomic_write_text
 from lmforge.errors import LmforgeError
 from lmforge.interfaces.callback import Callback
 from lmforge.settings import NoSettings
@@ -31,16 +35,51 @@ TOKENIZER_FILE = "tokenizer.json"
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.json"
 TOKEN_CACHE_PREFIX = "tokens-"
+LOCK_FILE = ".lock"
 
 
 def check_run_folder(run_dir: Path) -> None:
     """Refuse to write into an existing folder that is not a run folder: a config's `runs_dir`
     and `name` may point anywhere, and nothing lmforge did not write may be touched."""
     if (run_dir.is_dir() and any(run_dir.iterdir())
-            and not any((run_dir / name).exists() for name in (CONFIG_FILE, "data"))):
+            and not any((run_dir / name).exists() for name in (CONFIG_FILE, "data", LOCK_FILE))):
         raise LmforgeError(f"{run_dir} exists and is not a run folder (it has no {CONFIG_FILE} "
                            f"or data/): lmforge writes only into its own folders; choose "
                            f"another run `name` or `runs_dir`")
+
+
+def running_pid(run_dir: Path) -> int | None:
+    """The pid of a live process holding the run folder's lock, or None; a lock left by a
+    process that died (killed, power lost) does not count."""
+    try:
+        pid = int((Path(run_dir) / LOCK_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if alive(pid) else None
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the run folder for this process: a second `lmforge run` of the same folder, or
+    `lmforge runs clean` of it, is refused while the first lives (they would interleave
+    checkpoints). A lock left by a dead process is taken over."""
+    run_dir = Path(run_dir)
+    check_run_folder(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / LOCK_FILE
+    try:
+        with open(lock, "x", encoding="utf-8") as handle:  # exclusive: one of two starters wins
+            handle.write(f"{os.getpid()}\n")
+    except FileExistsError:
+        holder = running_pid(run_dir)
+        if holder is not None and holder != os.getpid():
+            raise LmforgeError(f"{run_dir} is in use by another lmforge process (pid {holder});"
+                               f" wait for it to end, or stop it") from None
+        atomic_write_text(lock, f"{os.getpid()}\n")
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 class MetricsLog(Callback):

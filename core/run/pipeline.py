@@ -27,7 +27,7 @@ from lmforge.run.checkpoint import (
     read_meta,
     refuse_overwrite,
 )
-from lmforge.run.folder import CONFIG_FILE, EVAL_FILE, SPEC_FILE, TOKENIZER_FILE
+from lmforge.run.folder import CONFIG_FILE, EVAL_FILE, SPEC_FILE, TOKENIZER_FILE, run_lock
 
 # Settings that change how a run is watched or paced, not what it computes: a run may resume
 # with other values for these.
@@ -133,11 +133,16 @@ def build_model(config: RunConfig, factory: Model, spec: ModelSpec) -> Module:
 
 def run(config_path: str, registry: Registry, overrides: tuple[str, ...] = (), *,
         resume: bool = False, console: Console | None = None) -> dict[str, Any]:
-    """Run every stage of a config; return what each stage produced."""
+    """Run every stage of a config, holding its run folder; return what each stage produced."""
+    config = runnable(load_config(config_path, registry, overrides), registry)
+    with run_lock(config.run_dir):
+        return _run_stages(config, registry, resume, console or Console())
+
+
+def _run_stages(config: RunConfig, registry: Registry, resume: bool, console: Console
+                ) -> dict[str, Any]:
     from lmforge.interfaces.trainer import TrainContext
 
-    console = console or Console()
-    config = runnable(load_config(config_path, registry, overrides), registry)
     run_dir = config.run_dir
     digest = config_hash(config)
     finished = _check_existing_checkpoints(run_dir, digest, resume)

@@ -19,6 +19,7 @@ from lmforge.cli.runs import run_folder
 from lmforge.errors import LmforgeError
 from lmforge.plugins.tasks.lm_task import LanguageModeling
 from lmforge.run.checkpoint import complete_checkpoints, step_folders
+from lmforge.run.folder import LOCK_FILE
 from lmforge.run.pipeline import load_run, run
 from tests.cli import test_cli_classify
 from tests.conftest import builtin_registry
@@ -228,3 +229,21 @@ def test_clean_refuses_a_folder_that_is_not_a_run(runs_dir):
     assert result.returncode == 2
     assert f"{runs_dir / 'notes'} is not a run folder (it has no config.yaml)" in result.stderr
     assert files(runs_dir / "notes") == before
+
+
+def test_a_run_in_use_lists_as_running_and_is_not_cleaned(runs_dir):
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    lock = runs_dir / "cut" / LOCK_FILE
+    try:
+        lock.write_text(f"{holder.pid}\n")
+        before = files(runs_dir / "cut")
+        listing = json.loads(lmforge("runs", "list", "--dir", str(runs_dir), "--json").stdout)
+        assert {r["name"]: r["state"] for r in listing["runs"]}["cut"] == "running"
+        result = lmforge("runs", "clean", "cut", "--dir", str(runs_dir))
+        assert result.returncode == 2
+        assert f"in use by another lmforge process (pid {holder.pid})" in result.stderr
+        assert files(runs_dir / "cut") == before
+    finally:
+        lock.unlink(missing_ok=True)
+        holder.kill()
+        holder.wait()
