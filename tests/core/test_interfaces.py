@@ -76,6 +76,24 @@ def test_module_bases_enforce_their_abstract_methods():
         NoStepModel()
 
 
+class EchoModel(LanguageModel):
+    """Repeats its input, and does not say how it exports."""
+
+    def forward(self, idx):
+        return idx
+
+    def generate_step(self, idx, state):
+        return idx[:, -1], state
+
+    def flops_per_token(self) -> int:
+        return 0
+
+
+def test_a_module_that_describes_no_graphs_does_not_export():
+    with pytest.raises(LmforgeError, match="model EchoModel does not export to ONNX"):
+        EchoModel().export_graphs()
+
+
 class PlainModuleFactory(Model):
     """Builds a bare nn.Module."""
 
