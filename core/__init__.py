@@ -20,30 +20,16 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 hookimpl = pluggy.HookimplMarker("lmforge")
 
 # name -> the module that defines it
-_INTERFACES = {
-    "DataSource": "lmforge.interfaces.data",
-    "Preprocessor": "lmforge.interfaces.data",
-    "Record": "lmforge.interfaces.data",
-    "SourceSettings": "lmforge.interfaces.data",
-    "Tokenizer": "lmforge.interfaces.tokenizer",
-    "Model": "lmforge.interfaces.model",
-    "ModelSpec": "lmforge.interfaces.model",
-    "LanguageModel": "lmforge.interfaces.model",
-    "Metric": "lmforge.interfaces.metric",
-    "SequenceClassifier": "lmforge.interfaces.model",
-    "Task": "lmforge.interfaces.task",
-    "TaskData": "lmforge.interfaces.task",
-    "TaskSettings": "lmforge.interfaces.task",
-    "Trainer": "lmforge.interfaces.trainer",
-    "TrainContext": "lmforge.interfaces.trainer",
-    "Callback": "lmforge.interfaces.callback",
-    "Exporter": "lmforge.interfaces.export",
-    "ExporterSettings": "lmforge.interfaces.export",
-    "ExportGraph": "lmforge.interfaces.export",
-    "Server": "lmforge.interfaces.export",
-    "StateSpec": "lmforge.interfaces.export",
-    "TensorSpec": "lmforge.interfaces.export",
-}
+_INTERFACES = {name: f"lmforge.interfaces.{module}" for module, names in {
+    "data": ("DataSource", "Preprocessor", "Record", "SourceSettings"),
+    "tokenizer": ("Tokenizer",),
+    "model": ("Model", "ModelSpec", "LanguageModel", "SequenceClassifier"),
+    "metric": ("Metric",),
+    "task": ("Task", "TaskData", "TaskSettings"),
+    "trainer": ("Trainer", "TrainContext"),
+    "callback": ("Callback",),
+    "export": ("Exporter", "ExporterSettings", "ExportGraph", "Server", "StateSpec", "TensorSpec"),
+}.items() for name in names}
 
 
 def __getattr__(name: str):

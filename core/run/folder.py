@@ -51,10 +51,9 @@ def check_run_folder(run_dir: Path) -> None:
 
 
 def running_pid(run_dir: Path) -> int | None:
-    """The pid of a live process holding the run folder's lock, or None; a lock left by a
-    process that died (killed, power lost) does not count."""
+    """The pid of a live process holding the run folder's lock (a dead one's lock is stale)."""
     try:
-        pid = int((Path(run_dir) / LOCK_FILE).read_text().strip())
+        pid = int((Path(run_dir) / LOCK_FILE).read_text())
     except (OSError, ValueError):
         return None
     return pid if alive(pid) else None
@@ -62,22 +61,19 @@ def running_pid(run_dir: Path) -> int | None:
 
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold the run folder for this process: a second `lmforge run` of the same folder, or
-    `lmforge runs clean` of it, is refused while the first lives (they would interleave
-    checkpoints). A lock left by a dead process is taken over."""
-    run_dir = Path(run_dir)
-    check_run_folder(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock = run_dir / LOCK_FILE
+    """Hold the run folder: another `lmforge run` or `runs clean` of it is refused while this
+    process lives (they would interleave checkpoints); a dead process's lock is taken over."""
+    check_run_folder(Path(run_dir))
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    lock, me = Path(run_dir) / LOCK_FILE, f"{os.getpid()}\n"
     try:
         with open(lock, "x", encoding="utf-8") as handle:  # exclusive: one of two starters wins
-            handle.write(f"{os.getpid()}\n")
+            handle.write(me)
     except FileExistsError:
-        holder = running_pid(run_dir)
-        if holder is not None and holder != os.getpid():
-            raise LmforgeError(f"{run_dir} is in use by another lmforge process (pid {holder});"
-                               f" wait for it to end, or stop it") from None
-        atomic_write_text(lock, f"{os.getpid()}\n")
+        if (holder := running_pid(run_dir)) not in (None, os.getpid()):
+            raise LmforgeError(f"{run_dir} is in use by another lmforge process (pid {holder}); "
+                               f"wait for it to end, or stop it") from None
+        atomic_write_text(lock, me)
     try:
         yield
     finally:
