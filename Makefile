@@ -32,7 +32,9 @@ test: install
 test-slow: install
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
+# the bench extra on top of the install; the kernels built there stay (no rebuild)
 bench: install
+	LMFORGE_SKIP_EXT=1 $(PIP) --no-build-isolation -e ".[bench]"
 	$(BIN)/python -m pytest benchmarks -s -o python_files='bench_*.py' -o addopts='' \
 		--benchmark-columns=median,min,max,rounds $(PYTEST_ARGS)
 
