@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from lmforge.config import RunConfig
 from lmforge.errors import LmforgeError
 from lmforge.host.registry import Entry, Registry
-from lmforge.interfaces.data import Record
+from lmforge.interfaces.data import Preprocessor, Record
 
 
 def read_file_records(config: RunConfig, path: Path, registry: Registry) -> list[Record]:
@@ -60,7 +60,13 @@ def preprocess_for_inference(config: RunConfig, records: Iterable[Record]) -> li
     such a step would drop (e.g. left empty) is kept as it was, since every input needs an
     answer."""
     preprocess = config.data.preprocess if config.data is not None else []
-    steps = [c.create() for c in preprocess if c.entry.component.at_inference]
+    return rewrite_records([c.create() for c in preprocess if c.entry.component.at_inference],
+                           records)
+
+
+def rewrite_records(steps: Sequence[Preprocessor], records: Iterable[Record]) -> list[Record]:
+    """Records through text-rewriting preprocessor `steps` in order; a step that would drop a
+    record leaves it as it was."""
     processed = []
     for record in records:
         for step in steps:
