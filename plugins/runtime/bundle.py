@@ -15,23 +15,20 @@ from pathlib import Path
 from typing import Any
 
 import pluggy
+from pydantic import ValidationError
 
 from lmforge.errors import RegistryError
 from lmforge.host import hookspecs
 from lmforge.host.manager import BUILTIN_DISTRIBUTION, GROUP
 from lmforge.host.registry import Provider, Registry
-from lmforge.interfaces.data import Preprocessor
+from lmforge.interfaces.data import Preprocessor, Record
 from lmforge.interfaces.tokenizer import Tokenizer, load_tokenizer
 from lmforge.plugins.runtime.manifest import MANIFEST, BundleError, Manifest, read_manifest
-from lmforge.run.inputs import rewrite_records, texts_as_records
+from lmforge.run.inputs import file_records, rewrite_records, texts_as_records
 
 # the registration hooks a bundle's plugin modules are asked for: only what running it needs
-BUNDLE_KINDS = {"tokenizer": "register_tokenizers", "preprocessor": "register_preprocessors"}
-
-
-def is_bundle(path: str | Path) -> bool:
-    """Whether `path` is a bundle folder (one holding lmforge.json) rather than a run."""
-    return (Path(path) / MANIFEST).is_file()
+BUNDLE_KINDS = {"tokenizer": "register_tokenizers", "preprocessor": "register_preprocessors",
+                "data_source": "register_data_sources"}
 
 
 @dataclass
@@ -43,6 +40,7 @@ class Bundle:
     manifest: Manifest
     tokenizer: Tokenizer
     preprocessors: list[Preprocessor]
+    registry: Registry = field(repr=False)
     quantized: bool = False
     threads: int | None = None
     _sessions: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -67,6 +65,19 @@ class Bundle:
         drop is kept as it was (every input needs an answer), as `lmforge predict` does."""
         records = rewrite_records(self.preprocessors, texts_as_records(texts))
         return [record["text"] for record in records]
+
+    def file_records(self, path: Path) -> list[Record]:
+        """The records of a data file, read as the run would read it (its data source, with
+        its settings where they apply); not preprocessed."""
+        source = self.manifest.source
+        if source is None:
+            raise BundleError(f"{self.path / MANIFEST}: source: the bundle does not record the "
+                              f"run's data source to read {path} with; give the texts instead")
+        entry = self.registry.get("data_source", source.type)
+        try:
+            return list(file_records(path, entry, source.settings, self.registry))
+        except ValidationError as exc:
+            raise BundleError(f"{self.path / MANIFEST}: source.settings: {exc}") from None
 
 
 def load_bundle(path: str | Path, *, quantized: bool = False, threads: int | None = None
@@ -95,7 +106,9 @@ def load_bundle(path: str | Path, *, quantized: bool = False, threads: int | Non
             preprocessors.append(entry.create(step.settings))
         except Exception as exc:
             raise BundleError(f"{folder / MANIFEST}: preprocess[{i}].settings: {exc}") from None
-    bundle = Bundle(folder, manifest, tokenizer, preprocessors, quantized, threads)
+    if manifest.source is not None:
+        _lookup(registry, "data_source", manifest.source.type, folder, "source.type")
+    bundle = Bundle(folder, manifest, tokenizer, preprocessors, registry, quantized, threads)
     bundle.session({"lm": "decode", "classify": "model"}[manifest.task])
     return bundle
 
@@ -127,11 +140,13 @@ def _no_quantized(bundle: Bundle, name: str):
 
 
 def _plugin_registry(folder: Path, manifest: Manifest) -> Registry:
-    """A registry holding what the manifest's plugin modules register as tokenizers and
-    preprocessors; each module must be an installed lmforge plugin."""
+    """A registry holding what the manifest's plugin modules register as tokenizers,
+    preprocessors and data sources; each module must be an installed lmforge plugin."""
     named = {manifest.tokenizer.plugin_module: "tokenizer.plugin_module"}
     for i, step in enumerate(manifest.preprocess):
         named.setdefault(step.plugin_module, f"preprocess[{i}].plugin_module")
+    if manifest.source is not None:
+        named.setdefault(manifest.source.plugin_module, "source.plugin_module")
     installed = {ep.module: ep for ep in entry_points(group=GROUP)}
     manager = pluggy.PluginManager(GROUP)
     manager.add_hookspecs(hookspecs)

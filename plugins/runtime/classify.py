@@ -32,8 +32,8 @@ class Classifier:
         self.eos_id = manifest.tokenizer.eos_id
 
     def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
-        """Token ids of each text after preprocessing, cut to max_length."""
-        encoded = self.bundle.tokenizer.encode_batch(self.bundle.preprocess(texts))
+        """Token ids of each (preprocessed) text, cut to max_length."""
+        encoded = self.bundle.tokenizer.encode_batch(texts)
         return [np.asarray(ids[:self.max_length] or [self.eos_id], dtype=np.int64)
                 for ids in encoded]
 
@@ -56,6 +56,11 @@ class Classifier:
 
     def predict(self, texts: Sequence[str], batch_size: int = 64) -> list[dict[str, Any]]:
         """The most probable label of each text, and every label's probability."""
+        return self.predict_preprocessed(self.bundle.preprocess(texts), batch_size)
+
+    def predict_preprocessed(self, texts: Sequence[str], batch_size: int = 64
+                             ) -> list[dict[str, Any]]:
+        """`predict` for texts already through the bundle's preprocessors."""
         if batch_size < 1:
             raise LmforgeError(f"batch size must be >= 1, found {batch_size}")
         ids = self.encode(texts)

@@ -91,7 +91,10 @@ class TokenizerEntry(_Part):
     pad_id: int | None = Field(None, ge=0)
 
 
-class PreprocessEntry(_Part):
+class ComponentEntry(_Part):
+    """A registered component of the run: its name, settings and the plugin module providing
+    it."""
+
     type: str = Field(min_length=1)
     settings: dict[str, Any] = Field(default_factory=dict)
     plugin_module: str = Field(min_length=1)
@@ -123,7 +126,9 @@ class Manifest(_Part):
     vocab_size: int = Field(ge=1)
     labels: list[str] | None = None
     tokenizer: TokenizerEntry
-    preprocess: list[PreprocessEntry] = Field(default_factory=list)
+    preprocess: list[ComponentEntry] = Field(default_factory=list)
+    # the run's data source (settings without paths): how `predict --file` reads a file
+    source: ComponentEntry | None = None
     graphs: dict[str, GraphEntry]
     quantized: dict[str, str] | None = None
     generation: Generation
@@ -155,6 +160,11 @@ class Manifest(_Part):
         """Every file the manifest names, besides the `files` table itself."""
         named = [self.tokenizer.file, *(graph.file for graph in self.graphs.values())]
         return named + list((self.quantized or {}).values())
+
+
+def is_bundle(path: str | Path) -> bool:
+    """Whether `path` is a bundle folder (one holding lmforge.json) rather than a run."""
+    return (Path(path) / MANIFEST).is_file()
 
 
 def read_manifest(folder: Path) -> Manifest:

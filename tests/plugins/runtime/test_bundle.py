@@ -13,10 +13,10 @@ pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
 
 from lmforge.errors import LmforgeError  # noqa: E402
-from lmforge.plugins.runtime.bundle import is_bundle, load_bundle  # noqa: E402
+from lmforge.plugins.runtime.bundle import load_bundle  # noqa: E402
 from lmforge.plugins.runtime.classify import Classifier  # noqa: E402
 from lmforge.plugins.runtime.generate import Engine, Sampling, generate_text  # noqa: E402
-from lmforge.plugins.runtime.manifest import BundleError  # noqa: E402
+from lmforge.plugins.runtime.manifest import BundleError, is_bundle  # noqa: E402
 
 from .tiny_bundles import (  # noqa: E402
     LABELS,
