@@ -1,8 +1,8 @@
 """`lmforge predict` and `lmforge generate`: a trained run's labels, or its text, on demand; given
 an exported bundle (a folder with lmforge.json), the torch-free runtime answers instead.
 
-Importing this module imports no torch (the run path loads it when used), so the runtime's own
-entry point can offer these commands for bundles."""
+Both are standalone commands (lmforge.cli.main runs them before loading the plugin host) and
+this module imports no torch: the run path loads what it needs when it runs."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lmforge import LmforgeError, hookimpl
+from lmforge.host.manager import load_plugins
 from lmforge.host.registry import Registry
 from lmforge.plugins.runtime.manifest import is_bundle
 from lmforge.run.inputs import preprocess_for_inference, read_file_records, texts_as_records
@@ -84,7 +85,7 @@ def predict_command(host, run_dir: str, texts: tuple[str, ...], data_file: str |
 
         predictions = predict_bundle(run_dir, texts, data_file, batch_size, stdin=stdin)
     else:
-        predictions = predict_texts(run_dir, _registry(host, run_dir), texts, data_file,
+        predictions = predict_texts(run_dir, _registry(host), texts, data_file,
                                     batch_size, stdin=stdin)
     if as_json:
         for prediction in predictions:
@@ -120,7 +121,7 @@ def generate_command(host, run_dir: str, prompt: str, max_new_tokens: int, tempe
     else:
         from lmforge.run.pipeline import load_run
 
-        loaded = load_run(run_dir, _registry(host, run_dir), with_data=False)
+        loaded = load_run(run_dir, _registry(host), with_data=False)
         if not loaded.task.generates_text:
             raise LmforgeError(f"{run_dir} holds a "
                                f"{loaded.config.components['task'].entry.name} model, which "
@@ -132,11 +133,12 @@ def generate_command(host, run_dir: str, prompt: str, max_new_tokens: int, tempe
     click.echo()
 
 
-def _registry(host, run_dir: str) -> Registry:
-    """The plugin host's registry, which a run folder needs (a bundle does not)."""
+def _registry(host) -> Registry:
+    """The plugin host's registry, which a run folder needs (a bundle does not); loaded here
+    when the command runs before the host (a standalone command, see lmforge.cli.main)."""
     if host is None:
-        raise LmforgeError(f"{run_dir} is not a bundle (no lmforge.json): this entry point runs "
-                           f"exported bundles only; use `lmforge` for a run folder")
+        host = load_plugins()
+        host.warn_failures()
     return host.registry
 
 

@@ -1,5 +1,5 @@
-"""`lmforge generate BUNDLE` / `lmforge predict BUNDLE`, and the runtime's own entry point,
-which runs them without importing torch."""
+"""`lmforge generate BUNDLE` / `lmforge predict BUNDLE`: the bundle runs without the plugin host
+and without importing torch."""
 
 import json
 import subprocess
@@ -15,17 +15,17 @@ from lmforge.plugins.runtime.classify import Classifier  # noqa: E402
 from ...cli.test_cli import run  # noqa: E402
 from .tiny_bundles import classifier_bundle, kv_greedy, lm_bundle, rehash  # noqa: E402
 
-# runs the runtime's entry point, then reports on stderr whether torch was imported
-RUNTIME = """
+# runs the `lmforge` command, then reports on stderr whether torch was imported
+LMFORGE = """
 import atexit, sys
 atexit.register(lambda: print("torch imported:", "torch" in sys.modules, file=sys.stderr))
-from lmforge.plugins.runtime.__main__ import main
+from lmforge.cli import main
 main(sys.argv[1:])
 """
 
 
-def runtime(*args, input=None):
-    return subprocess.run([sys.executable, "-c", RUNTIME, *args], capture_output=True,
+def lmforge(*args, input=None):
+    return subprocess.run([sys.executable, "-c", LMFORGE, *args], capture_output=True,
                           text=True, timeout=120, input=input)
 
 
@@ -51,30 +51,29 @@ def expected_continuation(folder, prompt, n):
     return tokenizer.decode(kv_greedy(tokenizer.encode(prompt), n, context=16))
 
 
-@pytest.mark.parametrize("entry", ["lmforge", "runtime"])
-def test_generate_continues_a_prompt_from_a_bundle(lm, entry):
+def test_generate_continues_a_prompt_from_a_bundle_without_importing_torch(lm):
     args = ("generate", str(lm), "--prompt", "hello", "--temperature", "0",
             "--max-new-tokens", "20")
-    done = run(*args) if entry == "lmforge" else runtime(*args)
+    done = lmforge(*args)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "hello" + expected_continuation(lm, "hello", 20) + "\n"
-    if entry == "runtime":
-        assert "torch imported: False" in done.stderr
+    assert "torch imported: False" in done.stderr
+    assert run(*args).stdout == done.stdout  # the console script
 
 
 def test_generate_stops_at_a_stop_string_and_checks_its_arguments(lm):
     full = expected_continuation(lm, "hello", 30)
     stop = full[3:5]
-    done = runtime("generate", str(lm), "--prompt", "hello", "--temperature", "0",
+    done = lmforge("generate", str(lm), "--prompt", "hello", "--temperature", "0",
                    "--max-new-tokens", "30", "--stop", stop)
     assert done.stdout == "hello" + full[:full.index(stop)] + "\n"
-    bad = runtime("generate", str(lm), "--top-p", "1.5")
+    bad = lmforge("generate", str(lm), "--top-p", "1.5")
     assert bad.returncode == 2
     assert "top_p must be in (0, 1] or unset, found 1.5" in bad.stderr
 
 
 def test_predict_labels_texts_from_a_bundle_as_json(classifier):
-    done = runtime("predict", str(classifier), "--text", "A Warm film", "--text", "dull",
+    done = lmforge("predict", str(classifier), "--text", "A Warm film", "--text", "dull",
                    "--json")
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in done.stdout.splitlines()]
@@ -91,18 +90,20 @@ def test_predict_reads_stdin_and_data_files_the_way_the_run_did(classifier, tmp_
     assert "first text" in done.stdout and "second" in done.stdout
     data = tmp_path / "held-out.csv"
     data.write_text("review,stars\nlovely,pos\nboring,neg\n")
-    done = runtime("predict", str(classifier), "--file", str(data), "--json")
+    done = lmforge("predict", str(classifier), "--file", str(data), "--json")
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert [(r["text"], r["true_label"]) for r in rows] == [("lovely", "pos"), ("boring", "neg")]
 
 
-def test_the_wrong_task_and_a_run_folder_are_clear_errors(lm, classifier, tmp_path):
-    done = runtime("predict", str(lm), "--text", "x")
+def test_the_wrong_task_is_a_clear_error_and_a_run_folder_takes_the_run_path(lm, classifier,
+                                                                           tmp_path):
+    done = lmforge("predict", str(lm), "--text", "x")
     assert done.returncode == 2
     assert "holds a lm model, which does not predict labels" in done.stderr
-    done = runtime("generate", str(classifier))
+    done = lmforge("generate", str(classifier))
     assert "holds a classify model, which does not generate text" in done.stderr
-    done = runtime("generate", str(tmp_path))
+    done = lmforge("generate", str(tmp_path))
     assert done.returncode == 2
-    assert "is not a bundle (no lmforge.json)" in done.stderr
+    assert "torch imported: True" in done.stderr  # loaded the run path, which found no run
+    assert "config.yaml" in done.stderr
