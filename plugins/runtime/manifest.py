@@ -134,7 +134,7 @@ class Manifest(_Part):
     generation: Generation
     limits: Limits
     files: dict[str, str]
-    versions: dict[str, str | None] = Field(default_factory=dict)
+    versions: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _complete(self) -> Manifest:
