@@ -138,8 +138,9 @@ class Engine:
     State caches are numpy buffers with a slot (row along the state's batch axis) per running
     request, up to `max_batch`; a kv cache has room for `context_length` positions per slot.
     Each `step()` first admits waiting requests into free slots, then advances every running
-    request by one token: a request with several tokens to feed (its prompt) runs alone (batch
-    1, step = prompt length, past 0), the others run as one batch fed their last tokens, with
+    request by one token: a request with several tokens to feed (its prompt) runs with past 0
+    and step = prompt length (batched only with prompts of the same length), the others run as
+    one batch fed their last tokens, with
     position ids, an attention mask of their real cache entries and the past sliced to the
     longest of them; the graph returns the new entries, which are written into each slot. A
     request that finishes or is cancelled frees its slot. Past the context limit a request's
@@ -174,6 +175,11 @@ class Engine:
         self._capacity = (context_length or INITIAL_CAPACITY) if kv else 0
         self._buffers = {name: np.zeros(self._buffer_shape(name), DTYPES[graph.input(name).dtype])
                          for name in self.state.inputs}
+        # a kv state's axes with (batch, sequence) first, and those views of the buffers
+        ndim = len(graph.input(self.state.inputs[0]).shape)
+        front = (self.state.batch_axis, self.state.sequence_axis)
+        self._slots_first = (*front, *(a for a in range(ndim) if a not in front)) if kv else ()
+        self._fronted = self._front_views()
         self._slots: list[_Slot | None] = [None] * max_batch
         self._waiting: collections.deque[Request] = collections.deque()
         self._wakeup = threading.Condition()
@@ -273,9 +279,12 @@ class Engine:
             rows = [row for row, slot in enumerate(self._slots) if slot is not None]
             for row in rows:
                 self._fit_context(row)
-            alone = [row for row in rows if len(self._slots[row].pending) > 1]
-            together = [row for row in rows if len(self._slots[row].pending) == 1]
-            for group in [*([row] for row in alone), *([together] if together else [])]:
+            # Rows feeding several tokens (a prompt, or a recomputation past the context) have
+            # an empty cache: those of one length run together, as do all one-token rows.
+            groups: dict[int, list[int]] = {}
+            for row in rows:
+                groups.setdefault(len(self._slots[row].pending), []).append(row)
+            for group in groups.values():
                 try:
                     logits = self._run(group)
                 except Exception as exc:  # onnxruntime raises its own exception types
@@ -382,14 +391,13 @@ class Engine:
         if self.state.kind == "recurrent":
             buffer[self._index(rows, None)] = value
             return
-        batch, sequence = self.state.batch_axis, self.state.sequence_axis
+        sequence = self.state.sequence_axis
         if value.shape[sequence] != step:
             raise BundleError(f"the decode graph returned {value.shape[sequence]} positions of "
                               f"{name!r}'s state for a step of {step}: it must return only the "
                               f"new entries")
-        # (slots, positions, ...) views of the buffer and of the new entries
-        slots_first = np.moveaxis(buffer, (batch, sequence), (0, 1))
-        new = np.moveaxis(value, (batch, sequence), (0, 1))
+        slots_first = self._fronted[name]  # (slots, positions, ...)
+        new = value.transpose(self._slots_first)  # (rows, step, ...)
         if step == 1:
             slots_first[np.asarray(rows), cached] = new[:, 0]
         else:
@@ -416,6 +424,13 @@ class Engine:
             grown[tuple(index)] = buffer
             self._buffers[name] = grown
         self._capacity = capacity
+        self._fronted = self._front_views()
+
+    def _front_views(self) -> dict[str, np.ndarray]:
+        if not self._slots_first:
+            return {}
+        return {name: buffer.transpose(self._slots_first)
+                for name, buffer in self._buffers.items()}
 
     def _buffer_shape(self, name: str) -> list[int]:
         shape = []

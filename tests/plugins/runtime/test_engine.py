@@ -66,6 +66,17 @@ def test_batched_decoding_gives_each_request_its_torch_path_tokens(kind):
     assert len(lengths) > 2  # requests left at different steps (eos or their own limit)
 
 
+def test_prompts_of_one_length_are_prefilled_in_one_call():
+    session = KvSession()
+    engine = kv_engine(session, context=None, max_batch=4)
+    for prompt in ([1, 2, 3], [4, 5, 6], [7, 8], [9]):
+        engine.submit(prompt, Sampling(max_new_tokens=3, temperature=0))
+    engine.step()
+    assert sorted(session.batch_sizes) == [1, 1, 2]  # [9] alone: nothing else has one token
+    engine.step()
+    assert session.batch_sizes[-1] == 4  # then every request decodes in one batch
+
+
 def test_a_request_decoded_alone_and_in_a_batch_draws_the_same_seeded_tokens():
     sampling = Sampling(max_new_tokens=30, temperature=1.0, top_k=8, top_p=0.9, seed=4)
     alone = kv_engine(KvSession(), context=None, max_batch=1)
@@ -153,14 +164,14 @@ def test_closing_the_token_stream_cancels_the_request():
     assert engine.running == 0
 
 
-def test_a_failing_graph_fails_its_requests_and_not_the_others():
+def test_a_failing_graph_call_fails_its_requests_and_not_the_others():
     engine = kv_engine(KvSession(fail_on_token=31), context=None)
     bad = engine.submit([31, 2], Sampling(max_new_tokens=5, temperature=0))
-    good = engine.submit([3, 4], Sampling(max_new_tokens=5, temperature=0))
+    good = engine.submit([3, 4, 5], Sampling(max_new_tokens=5, temperature=0))  # another call
     with pytest.raises(LmforgeError, match="generation failed: the graph failed"):
         list(bad.tokens())
     assert bad.finish_reason == "error"
-    assert list(good.tokens()) == torch_tokens(KvModel(None), [3, 4], good.sampling)
+    assert list(good.tokens()) == torch_tokens(KvModel(None), [3, 4, 5], good.sampling)
 
 
 def test_a_graph_returning_the_whole_cache_is_refused_with_the_reason():
