@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
+from importlib.metadata import entry_points
 
 import click
 from rich.console import Console
@@ -14,7 +16,12 @@ import lmforge
 from lmforge.cli.plugin_admin import plugins_install, plugins_uninstall
 from lmforge.cli.runs import runs
 from lmforge.errors import LmforgeError, PluginError
-from lmforge.host.manager import PluginHost, load_plugins
+from lmforge.host.manager import BUILTIN_DISTRIBUTION, PluginHost, load_plugins
+
+# Commands lmforge's own distribution declares under this entry point group run before the
+# plugin host is loaded, with no host (obj None), and load it themselves when they need it: so
+# `lmforge generate BUNDLE` starts without importing every plugin, torch among them.
+STANDALONE_GROUP = "lmforge.standalone_commands"
 
 console = Console()
 err_console = Console(stderr=True)
@@ -200,14 +207,36 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: user errors print one clear message and exit 2."""
     warnings.formatwarning = _one_line_warning
+    args = sys.argv[1:] if argv is None else list(argv)
+    standalone = _standalone_command(args)
+    if standalone is not None:
+        _invoke(standalone, args[1:], f"lmforge {args[0]}", obj=None)
+        return
     try:
         host = load_plugins(cli=cli)
     except PluginError as exc:
         err_console.print(f"lmforge: error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(3)
     host.warn_failures()
+    _invoke(cli, args, "lmforge", obj=host)
+
+
+def _standalone_command(args: list[str]):
+    """The command `args` name when lmforge's own distribution declares it under
+    STANDALONE_GROUP (and its plugin is not disabled); None otherwise."""
+    if not args or args[0].startswith("-"):
+        return None
+    disabled = {name.strip() for name in os.environ.get("LMFORGE_DISABLE_PLUGINS", "").split(",")}
+    for ep in entry_points(group=STANDALONE_GROUP, name=args[0]):
+        if (ep.dist is not None and ep.dist.name == BUILTIN_DISTRIBUTION
+                and not {ep.module, BUILTIN_DISTRIBUTION} & disabled):
+            return ep.load()
+    return None
+
+
+def _invoke(command: click.Command, args: list[str], prog_name: str, obj) -> None:
     try:
-        cli.main(args=argv, prog_name="lmforge", standalone_mode=False, obj=host)
+        command.main(args=args, prog_name=prog_name, standalone_mode=False, obj=obj)
     except click.exceptions.Abort:
         err_console.print("aborted")
         sys.exit(130)
@@ -216,6 +245,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    except PluginError as exc:  # a standalone command that loaded the plugin host itself
+        err_console.print(f"lmforge: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(3)
     except LmforgeError as exc:
         err_console.print(f"lmforge: error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -6,15 +6,16 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import load_model, save_model
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from lmforge import __version__
 from lmforge.atomic import atomic_dir, atomic_write_text, is_complete
 from lmforge.errors import LmforgeError
+
+# torch and safetensors are imported where weights are read or written, so that the `lmforge`
+# command starts without torch (`lmforge runs`, the bundle commands)
+if TYPE_CHECKING:
+    from torch import nn
 
 CHECKPOINTS = "checkpoints"
 MODEL_FILE = "model.safetensors"
@@ -35,6 +36,9 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, state: dict[str,
     `state` must hold only tensors and plain Python values: it is read back with
     `torch.load(weights_only=True)`. `meta` gets `step`, `time` and `lmforge_version` added.
     """
+    import torch
+    from safetensors.torch import save_model
+
     final = checkpoint_dir(run_dir, step)
     meta = {**meta, "step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "lmforge_version": __version__}
@@ -80,6 +84,8 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def load_model_weights(folder: Path, model: nn.Module) -> None:
     """Load a checkpoint's weights into `model` in place, on the device the model is on."""
+    from safetensors.torch import load_model
+
     path = Path(folder) / MODEL_FILE
     if not path.is_file():
         raise LmforgeError(f"checkpoint {folder}: expected weights in {path}, found no such file")
@@ -98,6 +104,8 @@ def load_trainer_state(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise LmforgeError(f"checkpoint {folder}: expected the trainer state in {path}, "
                            f"found no such file")
+    import torch
+
     return torch.load(path, map_location="cpu", weights_only=True)
 
 

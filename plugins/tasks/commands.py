@@ -1,4 +1,8 @@
-"""`lmforge predict` and `lmforge generate`: a trained run's labels, or its text, on demand."""
+"""`lmforge predict` and `lmforge generate`: a trained run's labels, or its text, on demand; given
+an exported bundle (a folder with lmforge.json), the torch-free runtime answers instead.
+
+Both are standalone commands (lmforge.cli.main runs them before loading the plugin host) and
+this module imports no torch: the run path loads what it needs when it runs."""
 
 from __future__ import annotations
 
@@ -12,9 +16,10 @@ from rich.console import Console
 from rich.table import Table
 
 from lmforge import LmforgeError, hookimpl
+from lmforge.host.manager import load_plugins
 from lmforge.host.registry import Registry
+from lmforge.plugins.runtime.manifest import is_bundle
 from lmforge.run.inputs import preprocess_for_inference, read_file_records, texts_as_records
-from lmforge.run.pipeline import load_run
 
 
 def predict_texts(run_dir: str, registry: Registry, texts: tuple[str, ...] = (),
@@ -23,6 +28,8 @@ def predict_texts(run_dir: str, registry: Registry, texts: tuple[str, ...] = (),
     """Each input's text, predicted label and label probabilities (and its true label when a
     data file has one). Inputs: `texts`, the records of `data_file`, or the lines of `stdin`;
     they go through the run's text-rewriting preprocessors first, as in training."""
+    from lmforge.run.pipeline import load_run
+
     loaded = load_run(Path(run_dir), registry, with_data=False)
     task = loaded.task
     if not task.predicts_labels:
@@ -70,9 +77,16 @@ def predictions_table(predictions: list[dict[str, Any]]) -> Table:
 @click.pass_obj
 def predict_command(host, run_dir: str, texts: tuple[str, ...], data_file: str | None,
                     batch_size: int, as_json: bool) -> None:
-    """The label of each text, with every label's probability, from a trained classifier."""
-    predictions = predict_texts(run_dir, host.registry, texts, data_file, batch_size,
-                                stdin=None if texts or data_file else sys.stdin)
+    """The label of each text, with every label's probability, from a trained classifier (a
+    run folder, or a bundle that `lmforge export` wrote)."""
+    stdin = None if texts or data_file else sys.stdin
+    if is_bundle(run_dir):
+        from lmforge.plugins.runtime.commands import predict_bundle
+
+        predictions = predict_bundle(run_dir, texts, data_file, batch_size, stdin=stdin)
+    else:
+        predictions = predict_texts(run_dir, _registry(host), texts, data_file,
+                                    batch_size, stdin=stdin)
     if as_json:
         for prediction in predictions:
             click.echo(json.dumps(prediction))
@@ -95,18 +109,37 @@ def predict_command(host, run_dir: str, texts: tuple[str, ...], data_file: str |
 def generate_command(host, run_dir: str, prompt: str, max_new_tokens: int, temperature: float,
                      top_k: int | None, top_p: float | None, repetition_penalty: float,
                      stop_strings: tuple[str, ...], seed: int | None) -> None:
-    """Continue a prompt with a trained language model, streaming the text as it comes."""
-    loaded = load_run(run_dir, host.registry, with_data=False)
-    if not loaded.task.generates_text:
-        raise LmforgeError(f"{run_dir} holds a {loaded.config.components['task'].entry.name} "
-                           f"model, which does not generate text; use `lmforge predict`")
+    """Continue a prompt with a trained language model (a run folder, or a bundle that
+    `lmforge export` wrote), streaming the text as it comes."""
+    sampling = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                    top_p=top_p, repetition_penalty=repetition_penalty, seed=seed,
+                    stop_strings=list(stop_strings))
+    if is_bundle(run_dir):
+        from lmforge.plugins.runtime.commands import generate_bundle
+
+        pieces = generate_bundle(run_dir, prompt, **sampling)
+    else:
+        from lmforge.run.pipeline import load_run
+
+        loaded = load_run(run_dir, _registry(host), with_data=False)
+        if not loaded.task.generates_text:
+            raise LmforgeError(f"{run_dir} holds a "
+                               f"{loaded.config.components['task'].entry.name} model, which "
+                               f"does not generate text; use `lmforge predict`")
+        pieces = loaded.task.generate_text(loaded.model, prompt, **sampling)
     click.echo(prompt, nl=False)
-    for piece in loaded.task.generate_text(
-            loaded.model, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
-            top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed,
-            stop_strings=list(stop_strings)):
+    for piece in pieces:
         click.echo(piece, nl=False)
     click.echo()
+
+
+def _registry(host) -> Registry:
+    """The plugin host's registry, which a run folder needs (a bundle does not); loaded here
+    when the command runs before the host (a standalone command, see lmforge.cli.main)."""
+    if host is None:
+        host = load_plugins()
+        host.warn_failures()
+    return host.registry
 
 
 @hookimpl

@@ -10,23 +10,7 @@ from lmforge.errors import LmforgeError
 from lmforge.interfaces.model import LanguageModel
 from lmforge.interfaces.task import eval_mode
 from lmforge.interfaces.tokenizer import Tokenizer
-
-
-def _check_sampling(max_new_tokens: int, temperature: float, top_k: int | None,
-                    top_p: float | None, repetition_penalty: float) -> None:
-    problems = []
-    if max_new_tokens < 0:
-        problems.append(f"max_new_tokens must be >= 0, found {max_new_tokens}")
-    if temperature < 0:
-        problems.append(f"temperature must be >= 0 (0: greedy), found {temperature}")
-    if top_k is not None and top_k < 1:
-        problems.append(f"top_k must be >= 1 or unset, found {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        problems.append(f"top_p must be in (0, 1] or unset, found {top_p}")
-    if repetition_penalty <= 0:
-        problems.append(f"repetition_penalty must be > 0 (1: none), found {repetition_penalty}")
-    if problems:
-        raise LmforgeError("generate: " + "; ".join(problems))
+from lmforge.plugins.tasks.generation_text import check_sampling, check_stop_strings, stream_text
 
 
 def sample_next(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | None = None,
@@ -83,7 +67,7 @@ def generate(model: LanguageModel, prompt_ids: Sequence[int], *, max_new_tokens:
     on average instead of one (a model with learned positions cannot just shift its cache).
     Arguments are checked here, before the first token is asked for.
     """
-    _check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
+    check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
     if len(prompt_ids) == 0:
         raise LmforgeError("generate: the prompt is empty; give at least one token id (a "
                            "document boundary such as the tokenizer's eos id starts afresh)")
@@ -128,25 +112,6 @@ def _generate(model: LanguageModel, ids: list[int], max_new_tokens: int,
             pending = [token]
 
 
-def _stop_at(text: str, stop_strings: Sequence[str]) -> int | None:
-    """Where the earliest stop string starts in `text`, or None."""
-    found = [i for i in (text.find(s) for s in stop_strings) if i >= 0]
-    return min(found) if found else None
-
-
-def _settled_length(text: str, stop_strings: Sequence[str]) -> int:
-    """How much of `text` can be shown now: trailing replacement characters (an incomplete
-    UTF-8 sequence of byte-level pieces) and a trailing start of a stop string are held back."""
-    end = len(text.rstrip("\ufffd"))
-    held = 0
-    for stop in stop_strings:
-        for k in range(min(len(stop) - 1, end), held, -1):
-            if text.endswith(stop[:k], 0, end):
-                held = k
-                break
-    return end - held
-
-
 def generate_text(model: LanguageModel, tokenizer: Tokenizer, prompt: str, *,
                   max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                   top_p: float | None = None, repetition_penalty: float = 1.0,
@@ -161,37 +126,11 @@ def generate_text(model: LanguageModel, tokenizer: Tokenizer, prompt: str, *,
     it is complete. Output stops before the first stop string, which is not yielded; text that
     could be the start of a stop string is held back until that is settled.
     """
-    if any(not stop for stop in stop_strings):
-        raise LmforgeError(f"generate: stop strings must be non-empty, found "
-                           f"{list(stop_strings)!r}")
+    check_stop_strings(stop_strings)
     prompt_ids = tokenizer.encode(prompt) or [tokenizer.eos_id]
     if stop_ids is None:
         stop_ids = {tokenizer.eos_id}
     tokens = generate(model, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature,
                       top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
                       seed=seed, stop_ids=stop_ids)
-    return _stream_text(tokens, tokenizer, list(stop_strings))
-
-
-def _stream_text(tokens: Iterator[int], tokenizer: Tokenizer, stop_strings: list[str]
-                 ) -> Iterator[str]:
-    generated: list[int] = []
-    shown = 0  # characters of the decoded text yielded so far
-    try:
-        for token in tokens:
-            generated.append(token)
-            text = tokenizer.decode(generated)
-            stop = _stop_at(text, stop_strings)
-            if stop is not None:
-                if stop > shown:
-                    yield text[shown:stop]
-                return
-            settled = _settled_length(text, stop_strings)
-            if settled > shown:
-                yield text[shown:settled]
-                shown = settled
-        text = tokenizer.decode(generated)
-        if len(text) > shown:
-            yield text[shown:]
-    finally:
-        tokens.close()  # restores the model's mode now, not when garbage collected
+    return stream_text(tokens, tokenizer, list(stop_strings))

@@ -154,3 +154,12 @@ def test_plugin_can_add_a_command(tmp_path):
     result = run("hello", env={"PYTHONPATH": str(tmp_path)})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "hello from a plugin"
+
+
+def test_a_standalone_command_follows_the_plugin_switches():
+    """generate and predict run before the plugin host loads; disabling their plugin still
+    removes them."""
+    assert run("generate", "--help").returncode == 0
+    done = run("generate", "x", env={"LMFORGE_DISABLE_PLUGINS": "lmforge.plugins.tasks.commands"})
+    assert done.returncode == 2
+    assert "No such command 'generate'" in done.stderr

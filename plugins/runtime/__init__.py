@@ -1,0 +1,1 @@
+"""Running exported bundles with onnxruntime, numpy and the tokenizer library: no torch."""
