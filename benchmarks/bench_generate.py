@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from conftest import EXAMPLE_DATA
 
 NEW_TOKENS = 256
 PROMPT_TOKENS = 16
@@ -25,22 +26,25 @@ pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, austen):
+def exported(tmp_path_factory):
     """A run of the demo's shape (trained one step: the weights do not change the speed) and its
     bundle with int8 graphs."""
     from lmforge.host.manager import load_plugins
     from lmforge.run.pipeline import load_run, run
 
+    austen = EXAMPLE_DATA / "austen_6_novels.txt.gz"
     root = tmp_path_factory.mktemp("generate")
     config = root / "bench.yaml"
     config.write_text(textwrap.dedent(f"""\
         name: bench-generate
+        runs_dir: "{root / "runs"}"
         data: {{source: {{type: text, paths: ["{austen}"]}}}}
         tokenizer: {{type: byte-bpe, vocab_size: {DIMS['vocab_size']}}}
         model: {{type: gpt, n_layer: {DIMS['n_layer']}, n_head: {DIMS['n_head']},
                  n_embd: {DIMS['n_embd']}, block_size: {DIMS['block_size']}, dropout: 0.0}}
         task: {{type: lm}}
-        trainer: {{type: standard, max_steps: 1, batch_size: 2, eval_every: 1, eval_batches: 1}}
+        trainer: {{type: standard, max_steps: 1, warmup_steps: 0, batch_size: 2, eval_every: 1,
+                   eval_batches: 1}}
         export: {{type: onnx, quantize: int8}}
         callbacks: []
         """), encoding="utf-8")

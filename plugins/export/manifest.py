@@ -11,10 +11,9 @@ from typing import Any
 from lmforge.host.manager import GROUP
 from lmforge.host.registry import Entry
 from lmforge.interfaces.export import ExportGraph
+from lmforge.plugins.runtime.manifest import FORMAT, MANIFEST
 from lmforge.run.pipeline import LoadedRun
 
-FORMAT = 1
-MANIFEST = "lmforge.json"
 TOKENIZER = "tokenizer.json"
 PARITY = "parity.json"
 # What a runtime serving the bundle allows unless told otherwise.
@@ -81,6 +80,11 @@ def manifest(loaded: LoadedRun, graphs: list[ExportGraph], files: dict[str, str]
                         "settings": step.settings.model_dump(mode="json"),
                         "plugin_module": plugin_module(step.entry)}
                        for step in preprocess if step.entry.component.at_inference],
+        # how `predict BUNDLE --file` reads a file: the run's source, its paths left out
+        "source": None if config.data is None else {
+            "type": config.data.source.entry.name,
+            "settings": config.data.source.settings.model_dump(mode="json", exclude={"paths"}),
+            "plugin_module": plugin_module(config.data.source.entry)},
         "graphs": {graph.name: {"file": files[graph.name], **graph.to_dict()}
                    for graph in graphs},
         "quantized": quantized,

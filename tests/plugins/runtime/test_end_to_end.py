@@ -105,3 +105,13 @@ def test_a_classifier_bundle_cuts_texts_at_the_task_s_max_length(exported):
     bundle = load_bundle(folder)
     assert bundle.manifest.limits.context_length == 32  # the task's max_length
     assert [len(ids) for ids in Classifier(bundle).encode(["plot " * 100, ""])] == [32, 1]
+
+
+def test_a_bundle_reads_a_data_file_with_the_run_s_source(exported):
+    run_dir, folder = exported["textcnn"]
+    data_file = run_dir.parent.parent / "reviews.tsv"  # the run's training file, a TSV
+    expected = predict_texts(str(run_dir), builtin_registry(), data_file=str(data_file))
+    found = predict_bundle(str(folder), data_file=str(data_file))
+    assert len(found) == len(expected) == 120
+    assert [(f["text"], f["label"], f.get("true")) for f in found] == [
+        (e["text"], e["label"], e.get("true")) for e in expected]
