@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*) examples/lmforge-sqlite/pyp
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) "$(TORCH_SPEC)" setuptools wheel ninja numpy
-	$(PIP) --no-build-isolation -e ".[dev]" ./examples/lmforge-sqlite
+	$(PIP) --no-build-isolation -e ".[dev,onnx,serve]" ./examples/lmforge-sqlite
 	-$(BIN)/python -m lmforge.ops
 	touch $@
 

@@ -143,7 +143,8 @@ def data_prepare(host: PluginHost, file: str, overrides: tuple[str, ...], force:
               help="Continue from the latest complete checkpoint of this run.")
 @click.pass_obj
 def run_command(host: PluginHost, file: str, overrides: tuple[str, ...], resume: bool) -> None:
-    """Data -> tokenizer -> train -> eval -> samples; stages whose output is valid are skipped."""
+    """Data -> tokenizer -> train -> eval -> samples (-> export, with an `export:` section); stages
+    whose output is valid are skipped."""
     from lmforge.run.pipeline import run
 
     run(file, host.registry, overrides, resume=resume, console=console)

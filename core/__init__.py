@@ -9,7 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import pluggy
 
-from lmforge.errors import ConfigError, DataError, LmforgeError
+from lmforge.errors import ConfigError, DataError, ExportError, LmforgeError
 from lmforge.settings import NoSettings, Settings
 
 try:
@@ -37,6 +37,12 @@ _INTERFACES = {
     "Trainer": "lmforge.interfaces.trainer",
     "TrainContext": "lmforge.interfaces.trainer",
     "Callback": "lmforge.interfaces.callback",
+    "Exporter": "lmforge.interfaces.export",
+    "ExporterSettings": "lmforge.interfaces.export",
+    "ExportGraph": "lmforge.interfaces.export",
+    "Server": "lmforge.interfaces.export",
+    "StateSpec": "lmforge.interfaces.export",
+    "TensorSpec": "lmforge.interfaces.export",
 }
 
 
@@ -47,5 +53,5 @@ def __getattr__(name: str):
     return getattr(import_module(module), name)
 
 
-__all__ = ["ConfigError", "DataError", "LmforgeError", "NoSettings", "Settings", "__version__",
-           "hookimpl", *_INTERFACES]
+__all__ = ["ConfigError", "DataError", "ExportError", "LmforgeError", "NoSettings", "Settings",
+           "__version__", "hookimpl", *_INTERFACES]

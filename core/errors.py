@@ -19,3 +19,7 @@ class RegistryError(LmforgeError):
 
 class PluginError(LmforgeError):
     """A plugin that failed to load or register, fatal under LMFORGE_STRICT_PLUGINS=1."""
+
+
+class ExportError(LmforgeError):
+    """An export that failed, or whose bundle does not match the run; the message has figures."""

@@ -43,18 +43,15 @@ def register_trainers(register):
 
 @hookspec
 def register_exporters(register):
-    """Register exporters: turn a run into a deployable bundle and prove it matches the run.
-
-    Reserved for the export stage: nothing calls exporters yet, so registering one has no effect.
-    """
+    """Register exporters (subclasses of `lmforge.Exporter`): turn a run into a deployable bundle
+    and prove it matches the run. A config's `export:` section names one (`lmforge run` exports
+    at the end); `lmforge export RUN --exporter NAME` runs one on demand."""
 
 
 @hookspec
 def register_servers(register):
-    """Register servers: serve an exported bundle over HTTP.
-
-    Reserved for the serving stage: nothing calls servers yet, so registering one has no effect.
-    """
+    """Register servers (subclasses of `lmforge.Server`): serve an exported bundle over HTTP
+    (`lmforge serve BUNDLE`)."""
 
 
 @hookspec

@@ -35,6 +35,8 @@ INTERFACES = {
     "model": "lmforge.interfaces.model:Model",
     "task": "lmforge.interfaces.task:Task",
     "trainer": "lmforge.interfaces.trainer:Trainer",
+    "exporter": "lmforge.interfaces.export:Exporter",
+    "server": "lmforge.interfaces.export:Server",
     "callback": "lmforge.interfaces.callback:Callback",
     "metric": "lmforge.interfaces.metric:Metric",
     "config_section": "lmforge.settings:Settings",

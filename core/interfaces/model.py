@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from abc import ABC, ABCMeta, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
+from lmforge.errors import LmforgeError
 from lmforge.settings import NoSettings, Settings
+
+if TYPE_CHECKING:
+    from lmforge.interfaces.export import ExportGraph
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,19 @@ class Module(nn.Module, metaclass=ABCMeta):
     def num_parameters(self) -> int:
         """Trainable parameters, each tied tensor counted once."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def export_graphs(self) -> list[ExportGraph]:
+        """The graphs an exporter traces, each with its inputs, outputs and carried state.
+
+        A language model exports "model" (`input_ids` (batch, sequence) int64 -> `logits`
+        (batch, sequence, vocab) float32) and "decode" (one generation step with its state as
+        inputs and outputs); a classifier exports "model" (`input_ids`, `pad_mask` (batch,
+        sequence) bool, True = padding -> `logits` (batch, labels)). The modules run the
+        reference ops: the exporter builds the model with the "reference" kernels. The base
+        module exports nothing.
+        """
+        raise LmforgeError(f"model {type(self).__name__} does not export to ONNX: its module "
+                           f"does not implement export_graphs()")
 
 
 class LanguageModel(Module):

@@ -12,6 +12,7 @@
                                  "step": N, ...};
                                  "eval" events carry "val_loss", which the search prunes on
     runs/NAME/eval.json          figures per split or data file (the pipeline and `lmforge eval`)
+    runs/NAME/export/            the deployable bundle (the config's exporter, `lmforge export`)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ SPEC_FILE = "model_spec.json"
 TOKENIZER_FILE = "tokenizer.json"
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.json"
+EXPORT_DIR = "export"
 TOKEN_CACHE_PREFIX = "tokens-"
 
 

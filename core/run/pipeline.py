@@ -1,4 +1,5 @@
-"""`lmforge run`: data -> tokenizer -> train -> eval -> samples, skipping stages still valid."""
+"""`lmforge run`: data -> tokenizer -> train -> eval -> samples -> export, skipping stages still
+valid."""
 
 from __future__ import annotations
 
@@ -27,12 +28,13 @@ from lmforge.run.checkpoint import (
     read_meta,
     refuse_overwrite,
 )
-from lmforge.run.folder import CONFIG_FILE, EVAL_FILE, SPEC_FILE, TOKENIZER_FILE
+from lmforge.run.folder import CONFIG_FILE, EVAL_FILE, EXPORT_DIR, SPEC_FILE, TOKENIZER_FILE
 
-# Settings that change how a run is watched or paced, not what it computes: a run may resume
-# with other values for these.
+# Settings that change how a run is watched, paced or deployed, not what it trains: a run may
+# resume with other values for these.
 RESUME_SAFE = {
-    ("name",), ("runs_dir",), ("sample",), ("callbacks",), ("task", "metrics"),
+    ("name",), ("runs_dir",), ("sample",), ("callbacks",), ("task", "metrics"), ("export",),
+    ("serve",),
     ("trainer", "max_time"), ("trainer", "checkpoint_every"), ("trainer", "keep_last"),
     ("trainer", "log_every"), ("trainer", "threads"), ("trainer", "device"),
 }
@@ -170,6 +172,10 @@ def run(config_path: str, registry: Registry, overrides: tuple[str, ...] = (), *
                                                       trainer.eval_batch_size)}
     if task.generates_text:
         results["samples"] = write_samples(config, task, model, console)
+    if "export" in config.components:
+        exporter = config.components["export"].create()
+        results["export"] = exporter.export(run_dir, run_dir / EXPORT_DIR, registry=registry,
+                                            console=console)
     return results
 
 

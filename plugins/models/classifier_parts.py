@@ -18,13 +18,19 @@ def require_num_labels(spec: ModelSpec, model: str) -> int:
 
 def check_inputs(idx: torch.Tensor, pad_mask: torch.Tensor, model: str) -> None:
     """Token ids (B, T), T >= 1, and a bool padding mask of the same shape, padding on the right
-    of at least one real token in every row (the pooling and the LSTM's reversal rely on it)."""
+    of at least one real token in every row (the pooling and the LSTM's reversal rely on it).
+
+    While a graph is traced for export only the shapes are checked: a check of the values
+    cannot be part of a graph, and the runtime that feeds the graph pads on the right itself.
+    """
     if idx.dim() != 2 or idx.shape[1] == 0:
         raise ValueError(f"{model}: expected token ids of shape (batch, time) with time >= 1, "
                          f"found shape {tuple(idx.shape)}")
     if pad_mask.shape != idx.shape or pad_mask.dtype != torch.bool:
         raise ValueError(f"{model}: expected a bool pad_mask of shape {tuple(idx.shape)}, "
                          f"found {pad_mask.dtype} of shape {tuple(pad_mask.shape)}")
+    if torch.compiler.is_exporting():
+        return
     if pad_mask[:, 0].any():
         rows = pad_mask[:, 0].nonzero().flatten().tolist()
         raise ValueError(f"{model}: every row needs at least one real token first, found rows "

@@ -11,9 +11,11 @@ from torch import nn
 
 from lmforge import hookimpl, ops
 from lmforge.errors import LmforgeError
+from lmforge.interfaces.export import ExportGraph, StateSpec, TensorSpec
 from lmforge.interfaces.model import LanguageModel, Model, ModelSpec, SequenceClassifier
 from lmforge.ops.attention import attention
 from lmforge.plugins.models.classifier_parts import at_last_token, check_inputs, require_num_labels
+from lmforge.plugins.models.graphs import classifier_graph, lm_graph
 from lmforge.settings import Settings as ComponentSettings
 
 
@@ -154,6 +156,34 @@ def decode(transformer: nn.ModuleDict, idx: torch.Tensor, pos: int, past: list |
     return transformer.ln_f(x), presents
 
 
+class GptDecodeStep(nn.Module):
+    """`GptModule.generate_step` as an export graph: the cache and positions are explicit.
+
+    Inputs: `input_ids` and `position_ids` (B, step), `attention_mask` (B, past + step), True
+    for each key that may be attended (cached entries in use and the new tokens), then each
+    layer's cached keys and values (B, n_head, past, head_dim). Outputs: the logits of the last
+    position (B, V), then each layer's keys and values of the new tokens only (B, n_head, step,
+    head_dim), for the caller to append to its cache. The new tokens attend causally among
+    themselves; rows may sit at different positions.
+    """
+
+    def __init__(self, model: GptModule):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                attention_mask: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        transformer = self.model.transformer
+        x = transformer.drop(transformer.wte(input_ids) + transformer.wpe(position_ids))
+        padding = ~attention_mask
+        step = input_ids.shape[1]
+        presents = []
+        for i, block in enumerate(transformer.h):
+            x, (keys, values) = block(x, (past[2 * i], past[2 * i + 1]), padding)
+            presents += [keys[:, :, -step:], values[:, :, -step:]]
+        return self.model.lm_head(transformer.ln_f(x[:, -1])), *presents
+
+
 class GptModule(LanguageModel):
     """The GPT network: token + learned position embeddings, n_layer blocks, LayerNorm, lm head."""
 
@@ -195,6 +225,29 @@ class GptModule(LanguageModel):
         x, presents = decode(self.transformer, idx, pos, None if state is None else state.layers)
         logits = self.lm_head(x[:, -1, :])  # (B, V): only the last position is needed
         return logits, KVCache(presents, pos + idx.shape[1])
+
+    def export_graphs(self) -> list[ExportGraph]:
+        """"model", and "decode" (`GptDecodeStep`) with its KV cache as state."""
+        s = self.settings
+        head_dim = s.n_embd // s.n_head
+
+        def cache(prefix: str, length: str) -> tuple[TensorSpec, ...]:
+            return tuple(TensorSpec(f"{prefix}_{kind}_{i}", "float32",
+                                    ("batch", s.n_head, length, head_dim))
+                         for i in range(s.n_layer) for kind in ("key", "value"))
+
+        past, present = cache("past", "past"), cache("present", "step")
+        step_ids = ("batch", "step")
+        decode = ExportGraph(
+            "decode", GptDecodeStep(self),
+            inputs=(TensorSpec("input_ids", "int64", step_ids),
+                    TensorSpec("position_ids", "int64", step_ids),
+                    TensorSpec("attention_mask", "bool", ("batch", "past+step")), *past),
+            outputs=(TensorSpec("logits", "float32", ("batch", self.vocab_size)), *present),
+            state=StateSpec("kv_cache", tuple(t.name for t in past),
+                            tuple(t.name for t in present), batch_axis=0, sequence_axis=2),
+            max_sizes={"step": s.block_size, "past": s.block_size - 1})
+        return [lm_graph(self, self.vocab_size, s.block_size), decode]
 
     def flops_per_token(self) -> int:
         """Forward FLOPs per token at full context: 2*N + 2*V*C + 2*n_layer*block_size*C.
@@ -238,6 +291,9 @@ class GptClassifier(SequenceClassifier):
                              f"{idx.shape[1]}; the classify task truncates to context_length()")
         x, _ = decode(self.transformer, idx, 0, None)  # (B, T, C)
         return self.head(at_last_token(x, pad_mask))  # (B, num_labels)
+
+    def export_graphs(self) -> list[ExportGraph]:
+        return [classifier_graph(self, self.head.out_features, self.settings.block_size)]
 
     def flops_per_token(self) -> int:
         """The language model's count without its lm head: 2*N + 2*n_layer*block_size*C.

@@ -10,9 +10,11 @@ from torch import nn
 
 from lmforge import hookimpl, ops
 from lmforge.errors import LmforgeError
+from lmforge.interfaces.export import ExportGraph, StateSpec, TensorSpec
 from lmforge.interfaces.model import LanguageModel, Model, ModelSpec
 from lmforge.ops import lstm as lstm_ops
 from lmforge.plugins.models.classifier_parts import require_num_labels
+from lmforge.plugins.models.graphs import lm_graph
 from lmforge.plugins.models.lstm_classifier import LstmClassifier
 from lmforge.settings import Settings as ComponentSettings
 
@@ -23,6 +25,21 @@ LstmState = tuple[torch.Tensor, torch.Tensor]
 def resolve_lstm_backend(requested: str) -> str:
     """The LSTM backend; `lmforge.ops.resolve_backend` explains the choice."""
     return ops.resolve_backend(requested, "lstm")
+
+
+class LstmDecodeStep(nn.Module):
+    """`LstmModule.generate_step` on nn.LSTM as an export graph: `input_ids` (B, step), `h` and
+    `c` (n_layer, B, hidden_size) -> the logits of the last position (B, V), `h_out`, `c_out`."""
+
+    def __init__(self, model: LstmModule):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, h: torch.Tensor, c: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        model = self.model
+        out, (h, c) = model.lstm(model.dropout(model.embedding(input_ids)), (h, c))
+        return model.head(model.dropout(out[:, -1])), h, c
 
 
 class LstmModule(LanguageModel):
@@ -75,6 +92,19 @@ class LstmModule(LanguageModel):
         out, (h, c) = self._recurrent(x, state)  # out (B, t, H); h, c (n_layer, B, H)
         logits = self.head(self.dropout(out[:, -1, :]))  # (B, V): the last position only
         return logits, (h, c)
+
+    def export_graphs(self) -> list[ExportGraph]:
+        """"model", and "decode" (`LstmDecodeStep`) with (h, c) as recurrent state."""
+        state = (self.settings.n_layer, "batch", self.settings.hidden_size)
+        decode = ExportGraph(
+            "decode", LstmDecodeStep(self),
+            inputs=(TensorSpec("input_ids", "int64", ("batch", "step")),
+                    TensorSpec("h", "float32", state), TensorSpec("c", "float32", state)),
+            outputs=(TensorSpec("logits", "float32", ("batch", self.vocab_size)),
+                     TensorSpec("h_out", "float32", state), TensorSpec("c_out", "float32", state)),
+            state=StateSpec("recurrent", ("h", "c"), ("h_out", "c_out"), batch_axis=1,
+                            sequence_axis=None))
+        return [lm_graph(self, self.vocab_size, None), decode]
 
     def _recurrent(self, x: torch.Tensor, state: LstmState | None
                    ) -> tuple[torch.Tensor, LstmState]:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from lmforge import ops
+from lmforge.interfaces.export import ExportGraph
 from lmforge.interfaces.model import SequenceClassifier
 from lmforge.ops import lstm as lstm_ops
 from lmforge.plugins.models.classifier_parts import (
@@ -17,6 +18,7 @@ from lmforge.plugins.models.classifier_parts import (
     masked_max,
     masked_mean,
 )
+from lmforge.plugins.models.graphs import classifier_graph
 
 if TYPE_CHECKING:
     from lmforge.plugins.models.lstm import Lstm
@@ -93,6 +95,9 @@ class LstmClassifier(SequenceClassifier):
         if not self.settings.bidirectional:
             return forward_last
         return torch.cat([forward_last, states[:, 0, H:]], dim=-1)
+
+    def export_graphs(self) -> list[ExportGraph]:
+        return [classifier_graph(self, self.head.out_features, None)]
 
     def flops_per_token(self) -> int:
         """Forward FLOPs per token: over layers and directions, 2*4*H*(In + H).

@@ -9,6 +9,7 @@ from torch import nn
 
 from lmforge import hookimpl
 from lmforge.errors import LmforgeError
+from lmforge.interfaces.export import ExportGraph
 from lmforge.interfaces.model import Model, ModelSpec, SequenceClassifier
 from lmforge.plugins.models.classifier_parts import (
     check_inputs,
@@ -16,6 +17,7 @@ from lmforge.plugins.models.classifier_parts import (
     masked_max,
     require_num_labels,
 )
+from lmforge.plugins.models.graphs import classifier_graph
 from lmforge.settings import Settings as ComponentSettings
 
 
@@ -51,6 +53,9 @@ class TextCnnModule(SequenceClassifier):
             outside = starts[None, :] >= (n_real + k - 1)[:, None]  # (B, T + k - 1)
             features.append(masked_max(windows.transpose(1, 2), outside))  # (B, F)
         return self.head(self.dropout(torch.cat(features, dim=-1)))  # (B, num_labels)
+
+    def export_graphs(self) -> list[ExportGraph]:
+        return [classifier_graph(self, self.head.out_features, None)]
 
     def flops_per_token(self) -> int:
         """Forward FLOPs per token: 2 * k * n_embd * num_filters for each width k.

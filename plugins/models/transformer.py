@@ -11,9 +11,11 @@ from torch import nn
 
 from lmforge import hookimpl, ops
 from lmforge.errors import LmforgeError
+from lmforge.interfaces.export import ExportGraph
 from lmforge.interfaces.model import Model, ModelSpec, SequenceClassifier
 from lmforge.plugins.models.classifier_parts import check_inputs, masked_mean, require_num_labels
 from lmforge.plugins.models.gpt import Block, heads_divide_width, init_gpt2
+from lmforge.plugins.models.graphs import classifier_graph
 from lmforge.settings import Settings as ComponentSettings
 
 
@@ -60,6 +62,9 @@ class TransformerClassifier(SequenceClassifier):
         x = self.ln_f(x)
         pooled = x[:, 0] if self.cls is not None else masked_mean(x, pad_mask)  # (B, C)
         return self.head(pooled)
+
+    def export_graphs(self) -> list[ExportGraph]:
+        return [classifier_graph(self, self.head.out_features, self.settings.max_length)]
 
     def flops_per_token(self) -> int:
         """Forward FLOPs per token at full length: 2*N + 4*n_layer*max_length*C.

@@ -26,7 +26,8 @@ def test_every_builtin_is_a_concrete_subclass_of_its_interface(registry):
         assert issubclass(entry.component, base), entry
         assert not inspect.isabstract(entry.component), entry
         assert inspect.getdoc(entry.component), f"{entry.kind} {entry.name} has no docstring"
-    assert kinds_seen == set(INTERFACES)
+    # the built-in server comes with the serving stage; every other kind has a built-in
+    assert kinds_seen | {"server"} == set(INTERFACES)
 
 
 def test_every_interface_method_has_a_docstring():
@@ -73,6 +74,24 @@ class NoStepModel(LanguageModel):
 def test_module_bases_enforce_their_abstract_methods():
     with pytest.raises(TypeError, match="generate_step"):
         NoStepModel()
+
+
+class EchoModel(LanguageModel):
+    """Repeats its input, and does not say how it exports."""
+
+    def forward(self, idx):
+        return idx
+
+    def generate_step(self, idx, state):
+        return idx[:, -1], state
+
+    def flops_per_token(self) -> int:
+        return 0
+
+
+def test_a_module_that_describes_no_graphs_does_not_export():
+    with pytest.raises(LmforgeError, match="model EchoModel does not export to ONNX"):
+        EchoModel().export_graphs()
 
 
 class PlainModuleFactory(Model):

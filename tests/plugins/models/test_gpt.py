@@ -5,6 +5,7 @@ import math
 import pydantic
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lmforge import ops
 from lmforge.errors import LmforgeError
@@ -112,6 +113,65 @@ def test_greedy_generation_matches_recompute():
         for _ in range(10):
             ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
     assert cached == ids[len(prompt):]
+
+
+def decode_step(model: GptModule, ids: torch.Tensor, positions: torch.Tensor,
+                mask: torch.Tensor, past: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    graph = next(g for g in model.export_graphs() if g.name == "decode")
+    with torch.no_grad():
+        return graph.module(ids, positions, mask, *past)
+
+
+def test_decode_graph_computes_generate_step_with_only_new_entries_out():
+    model = build().eval()
+    seq = torch.randint(0, VOCAB, (2, 9))
+    empty = [torch.zeros(2, 2, 0, 4) for _ in range(4)]  # (B, n_head, past, head_dim) per k, v
+    positions = torch.arange(6).expand(2, 6)
+    logits, *present = decode_step(model, seq[:, :6], positions, torch.ones(2, 6, dtype=bool),
+                                   empty)
+    expected, state = model.generate_step(seq[:, :6], None)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+    assert [p.shape for p in present] == [(2, 2, 6, 4)] * 4
+    torch.testing.assert_close(present[0], state.layers[0][0])
+    logits, *new = decode_step(model, seq[:, 6:9], torch.arange(6, 9).expand(2, 3),
+                               torch.ones(2, 9, dtype=bool), present)
+    expected, state = model.generate_step(seq[:, 6:9], state)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+    assert new[1].shape == (2, 2, 3, 4)  # the new tokens' entries only
+    torch.testing.assert_close(new[1], state.layers[0][1][:, :, 6:])
+
+
+def test_decode_graph_rows_at_different_positions_match_each_alone():
+    model = build().eval()
+    long, short = torch.randint(0, VOCAB, (1, 7)), torch.randint(0, VOCAB, (1, 4))
+    with torch.no_grad():
+        _, long_state = model.generate_step(long[:, :6], None)
+        _, short_state = model.generate_step(short[:, :3], None)
+    # one batch: the short row's cache is left-padded with 3 unused (masked) entries
+    past = [torch.cat([long_state.layers[i][kv], F.pad(short_state.layers[i][kv],
+                                                      (0, 0, 3, 0), value=9.0)])
+            for i in range(2) for kv in (0, 1)]
+    mask = torch.ones(2, 7, dtype=bool)
+    mask[1, :3] = False
+    logits, *_ = decode_step(model, torch.cat([long[:, 6:], short[:, 3:]]),
+                             torch.tensor([[6], [3]]), mask, past)
+    with torch.no_grad():
+        torch.testing.assert_close(logits[0], model(long)[0, -1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(logits[1], model(short)[0, -1], atol=1e-5, rtol=1e-5)
+
+
+def test_export_graphs_describe_the_cache():
+    model = build()
+    graphs = {g.name: g for g in model.export_graphs()}
+    assert graphs["model"].max_sizes == {"sequence": 16}
+    decode = graphs["decode"]
+    assert [t.name for t in decode.inputs[:4]] == ["input_ids", "position_ids", "attention_mask",
+                                                    "past_key_0"]
+    assert decode.inputs[2].shape == ("batch", "past+step")
+    assert decode.inputs[3].shape == ("batch", 2, "past", 4)
+    assert decode.state.inputs == ("past_key_0", "past_value_0", "past_key_1", "past_value_1")
+    assert decode.state.outputs[0] == "present_key_0" and decode.state.sequence_axis == 2
+    assert [t.name for t in decode.outputs][1:] == list(decode.state.outputs)
 
 
 def test_generate_step_refuses_to_pass_block_size():
@@ -228,6 +288,14 @@ def test_classifier_flops_per_token_leave_out_the_lm_head():
     non_embedding = L * (12 * C * C + 13 * C) + 2 * C
     assert build_classifier().flops_per_token() == 2 * non_embedding + 2 * L * T * C
     assert build_classifier(n_embd=32).flops_per_token() > build_classifier().flops_per_token()
+
+
+def test_classifier_exports_its_forward():
+    model = build_classifier()
+    (graph,) = model.export_graphs()
+    assert graph.module is model and graph.max_sizes == {"sequence": 24}
+    assert [t.name for t in graph.inputs] == ["input_ids", "pad_mask"]
+    assert graph.outputs[0].shape == ("batch", 2)
 
 
 def test_classifier_longer_than_block_size_refused():

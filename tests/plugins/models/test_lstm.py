@@ -154,3 +154,20 @@ def test_fused_from_the_environment_fails_clearly_where_not_built(monkeypatch):
 def test_settings_validation(settings, message):
     with pytest.raises(pydantic.ValidationError, match=message):
         Lstm.Settings(**settings)
+
+
+def test_decode_graph_carries_the_recurrent_state():
+    model = build().eval()
+    graph = next(g for g in model.export_graphs() if g.name == "decode")
+    assert graph.state.kind == "recurrent" and graph.state.batch_axis == 1
+    assert graph.inputs[1].shape == (2, "batch", 10)
+    seq = torch.randint(0, VOCAB, (3, 8))
+    zeros = torch.zeros(2, 3, 10)
+    with torch.no_grad():
+        logits, h, c = graph.module(seq[:, :5], zeros, zeros)
+        expected, state = model.generate_step(seq[:, :5], None)
+        torch.testing.assert_close(logits, expected)
+        logits, h, c = graph.module(seq[:, 5:], h, c)
+        expected, state = model.generate_step(seq[:, 5:], state)
+    torch.testing.assert_close(logits, expected)
+    torch.testing.assert_close((h, c), state)
