@@ -1,0 +1,71 @@
+"""`lmforge serve` and the built-in `onnx` server, added through the plugin hooks.
+
+The server's modules import fastapi, uvicorn and onnxruntime (the `serve` extra) only when a
+server starts, so lmforge works without the extra until then.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from lmforge import hookimpl
+from lmforge.errors import LmforgeError
+from lmforge.interfaces.export import Server
+
+DEFAULT_SERVER = "onnx"
+
+
+class OnnxServer(Server):
+    """Serves a bundle with onnxruntime behind an OpenAI-compatible HTTP API (FastAPI +
+    uvicorn): /v1/completions (streamed as server-sent events on request), /v1/models,
+    /v1/classify, /v1/tokenize, /health, /ready and /info. Generations share one engine that
+    batches them step by step. An API key, when set, is required as a bearer token on every
+    route but /health and /ready. Needs the `serve` extra."""
+
+    def serve(self, bundle_dir: Path, *, host: str = "127.0.0.1", port: int = 8000,
+              api_key: str | None = None, quantized: bool = False, **options) -> None:
+        try:
+            import uvicorn
+
+            from lmforge.plugins.runtime.bundle import load_bundle
+            from lmforge.plugins.serve.app import ServeSettings, create_app
+        except ImportError as exc:
+            raise LmforgeError(f"the onnx server needs the `serve` extra ({exc}): pip install "
+                               f"'lmforge[serve]'") from None
+        bundle = load_bundle(bundle_dir, quantized=quantized)
+        app = create_app(bundle, ServeSettings(api_key=api_key or None, **options))
+        uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+@click.command("serve")
+@click.argument("bundle_dir", type=click.Path(file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="The address to listen on (0.0.0.0: every interface).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--api-key", envvar="LMFORGE_API_KEY", metavar="KEY",
+              help="Require 'Authorization: Bearer KEY' (but on /health and /ready) "
+                   "[env: LMFORGE_API_KEY].")
+@click.option("--quantized", is_flag=True, help="Serve the bundle's int8 graphs.")
+@click.option("--max-batch", type=click.IntRange(1), metavar="N",
+              help="Generations decoded together [default: the bundle's max_batch].")
+@click.option("--server", "name", default=DEFAULT_SERVER, show_default=True, metavar="NAME",
+              help="A registered server.")
+@click.pass_obj
+def serve_command(host_obj, bundle_dir: str, host: str, port: int, api_key: str | None,
+                  quantized: bool, max_batch: int | None, name: str) -> None:
+    """Serve an exported bundle (`lmforge export RUN`) over an OpenAI-compatible HTTP API."""
+    server = host_obj.registry.get("server", name).create({})
+    server.serve(Path(bundle_dir), host=host, port=port, api_key=api_key, quantized=quantized,
+                 max_batch=max_batch)
+
+
+@hookimpl
+def register_servers(register):
+    register("onnx", OnnxServer)
+
+
+@hookimpl
+def register_commands(cli):
+    cli.add_command(serve_command)
