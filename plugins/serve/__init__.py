@@ -13,6 +13,7 @@ import click
 from lmforge import hookimpl
 from lmforge.errors import LmforgeError
 from lmforge.interfaces.export import Server
+from lmforge.settings import NoSettings
 
 DEFAULT_SERVER = "onnx"
 
@@ -22,21 +23,21 @@ class OnnxServer(Server):
     uvicorn): /v1/completions (streamed as server-sent events on request), /v1/models,
     /v1/classify, /v1/tokenize, /health, /ready and /info. Generations share one engine that
     batches them step by step. An API key, when set, is required as a bearer token on every
-    route but /health and /ready. Needs the `serve` extra."""
+    route but /health and /ready. SIGTERM drains: /ready turns 503, requests in flight finish, the
+process exits 0. Needs the `serve` extra."""
 
     def serve(self, bundle_dir: Path, *, host: str = "127.0.0.1", port: int = 8000,
               api_key: str | None = None, quantized: bool = False, **options) -> None:
         try:
-            import uvicorn
-
             from lmforge.plugins.runtime.bundle import load_bundle
             from lmforge.plugins.serve.app import ServeSettings, create_app
+            from lmforge.plugins.serve.process import run_server
         except ImportError as exc:
             raise LmforgeError(f"the onnx server needs the `serve` extra ({exc}): pip install "
                                f"'lmforge[serve]'") from None
         bundle = load_bundle(bundle_dir, quantized=quantized)
         app = create_app(bundle, ServeSettings(api_key=api_key or None, **options))
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        run_server(app, host, port)
 
 
 @click.command("serve")
@@ -56,7 +57,13 @@ class OnnxServer(Server):
 def serve_command(host_obj, bundle_dir: str, host: str, port: int, api_key: str | None,
                   quantized: bool, max_batch: int | None, name: str) -> None:
     """Serve an exported bundle (`lmforge export RUN`) over an OpenAI-compatible HTTP API."""
-    server = host_obj.registry.get("server", name).create({})
+    if host_obj is None:  # python -m lmforge.plugins.serve: no plugin host, only the built-in
+        if name != DEFAULT_SERVER:
+            raise LmforgeError(f"--server {name}: only {DEFAULT_SERVER} runs without the plugin "
+                               f"host; use `lmforge serve`")
+        server = OnnxServer(NoSettings())
+    else:
+        server = host_obj.registry.get("server", name).create({})
     server.serve(Path(bundle_dir), host=host, port=port, api_key=api_key, quantized=quantized,
                  max_batch=max_batch)
 
