@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sse_starlette.sse import EventSourceResponse
-from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from lmforge.errors import LmforgeError
@@ -25,6 +25,7 @@ from lmforge.plugins.runtime.classify import Classifier
 from lmforge.plugins.runtime.generate import Engine, Sampling, prompt_ids
 from lmforge.plugins.serve.guard import Guard, error_body
 from lmforge.plugins.serve.schemas import ClassifyRequest, CompletionRequest, TokenizeRequest
+from lmforge.plugins.tasks.generation_text import TextStream
 
 MAX_STOP_STRINGS = 4  # as OpenAI's API
 # how often a non-streamed generation checks whether its client is still there
@@ -193,6 +194,7 @@ class _Generation:
         self.model = model
         self.prompt_tokens = len(ids)
         self.stop = stop
+        self.stopped = False  # a stop string ended the text
         self.request = model.engine.submit(ids, sampling)
         self.id = f"cmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
@@ -244,11 +246,30 @@ class _Generation:
         except LmforgeError as exc:  # the engine is closing: the server is shutting down
             raise invalid(str(exc), 503) from None
 
-    def _pieces(self):
-        return self.request.text(self.model.bundle.tokenizer, self.stop)
+    async def pieces(self) -> AsyncIterator[str]:
+        """The generated text piece by piece as `lmforge generate` streams it, each token
+        awaited without holding a thread; a stop string ends it (cancelling the request)."""
+        stream = TextStream(self.model.bundle.tokenizer, self.stop)
+        tokens = self.request.async_tokens()
+        try:
+            async for token in tokens:
+                piece = stream.push(token)
+                if piece:
+                    yield piece
+                if stream.stopped:
+                    self.stopped = True
+                    return
+            piece = stream.end()
+            if piece:
+                yield piece
+        finally:
+            await tokens.aclose()
+
+    async def _text(self) -> str:
+        return "".join([piece async for piece in self.pieces()])
 
     def _finish_reason(self) -> str:
-        return "length" if self.request.finish_reason == "length" else "stop"
+        return "length" if self.request.finish_reason == "length" and not self.stopped else "stop"
 
     def _usage(self) -> dict:
         completion = len(self.request.generated)
@@ -266,7 +287,7 @@ class _Generation:
         finish reason and usage, then [DONE]. Cancelled with the response (the client
         left)."""
         try:
-            async for piece in iterate_in_threadpool(self._pieces()):
+            async for piece in self.pieces():
                 yield json.dumps(self._body(piece, None))
             yield json.dumps({**self._body("", self._finish_reason()), "usage": self._usage()})
             yield "[DONE]"
@@ -275,7 +296,7 @@ class _Generation:
 
     async def complete(self, request: Request) -> dict:
         """The whole completion; the generation is cancelled if the client disconnects."""
-        collecting = asyncio.ensure_future(run_in_threadpool(lambda: "".join(self._pieces())))
+        collecting = asyncio.ensure_future(self._text())
         try:
             while True:
                 done, _ = await asyncio.wait({collecting}, timeout=DISCONNECT_POLL_S)
