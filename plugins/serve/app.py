@@ -15,7 +15,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -24,6 +25,7 @@ from lmforge.errors import LmforgeError
 from lmforge.plugins.runtime.classify import Classifier
 from lmforge.plugins.runtime.generate import Engine, Sampling, prompt_ids
 from lmforge.plugins.serve.guard import Guard, error_body
+from lmforge.plugins.serve.metrics import Metrics, MetricsMiddleware
 from lmforge.plugins.serve.schemas import ClassifyRequest, CompletionRequest, TokenizeRequest
 from lmforge.plugins.tasks.generation_text import TextStream
 
@@ -55,6 +57,7 @@ class _Model:
         self.manifest = bundle.manifest
         self.name = bundle.manifest.name
         self.settings = settings
+        self.metrics = Metrics()
         self.engine: Engine | None = None
         self.classifier: Classifier | None = None
         self.ready = False
@@ -63,12 +66,15 @@ class _Model:
         """Make the engine or classifier and run one warm-up inference."""
         if self.manifest.task == "lm":
             self.engine = Engine.for_bundle(self.bundle, self.settings.max_batch)
+            self.engine.session = self.metrics.metered(self.engine.session, "decode")
+            self.metrics.watch_engine(self.engine)
             self.engine.start()
             warm_up = self.engine.submit([self.manifest.tokenizer.eos_id],
                                          Sampling(max_new_tokens=1, temperature=0))
             list(warm_up.tokens())
         else:
             self.classifier = Classifier(self.bundle)
+            self.classifier.session = self.metrics.metered(self.classifier.session, "model")
             self.classifier.predict(["warm-up"])
         self.ready = True
 
@@ -133,6 +139,12 @@ def create_app(bundle, settings: ServeSettings | None = None) -> FastAPI:
                 "quantized": bundle.quantized, "files": manifest.files,
                 "versions": {"bundle": manifest.versions, "server": _server_versions()}}
 
+    @app.get("/metrics", response_class=Response)
+    async def metrics() -> Response:
+        """Prometheus metrics: requests by route and status, latency, tokens generated, the
+        generation queue and batch sizes."""
+        return Response(generate_latest(model.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     @app.get("/v1/models")
     async def models() -> dict:
         """The one model served, as OpenAI lists models."""
@@ -174,6 +186,8 @@ def create_app(bundle, settings: ServeSettings | None = None) -> FastAPI:
             return EventSourceResponse(job.events(), ping=15)
         return await job.complete(request)
 
+    app.add_middleware(MetricsMiddleware, metrics=model.metrics,  # outermost: sees every answer
+                       routes=frozenset(route.path for route in app.routes))
     return app
 
 
@@ -253,6 +267,7 @@ class _Generation:
         tokens = self.request.async_tokens()
         try:
             async for token in tokens:
+                self.model.metrics.tokens.inc()
                 piece = stream.push(token)
                 if piece:
                     yield piece
