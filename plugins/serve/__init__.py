@@ -21,10 +21,11 @@ DEFAULT_SERVER = "onnx"
 class OnnxServer(Server):
     """Serves a bundle with onnxruntime behind an OpenAI-compatible HTTP API (FastAPI +
     uvicorn): /v1/completions (streamed as server-sent events on request), /v1/models,
-    /v1/classify, /v1/tokenize, /health, /ready and /info. Generations share one engine that
-    batches them step by step. An API key, when set, is required as a bearer token on every
-    route but /health and /ready. SIGTERM drains: /ready turns 503, requests in flight finish, the
-process exits 0. Needs the `serve` extra."""
+    /v1/classify, /v1/tokenize, /health, /ready, /info and /metrics. Generations share one
+    engine that batches them step by step. Requests in flight are capped (429 past the cap) and
+    may be given a timeout (504, the generation cancelled). An API key, when set, is required
+    as a bearer token on every route but /health and /ready. SIGTERM drains: /ready turns 503,
+    requests in flight finish, the process exits 0. Needs the `serve` extra."""
 
     def serve(self, bundle_dir: Path, *, host: str = "127.0.0.1", port: int = 8000,
               api_key: str | None = None, quantized: bool = False, **options) -> None:
@@ -51,11 +52,18 @@ process exits 0. Needs the `serve` extra."""
 @click.option("--quantized", is_flag=True, help="Serve the bundle's int8 graphs.")
 @click.option("--max-batch", type=click.IntRange(1), metavar="N",
               help="Generations decoded together [default: the bundle's max_batch].")
+@click.option("--max-concurrent", default=256, show_default=True, type=click.IntRange(1),
+              metavar="N", help="Requests under /v1/ in flight at once; more are answered 429 "
+                                "with Retry-After.")
+@click.option("--request-timeout", type=click.FloatRange(0, min_open=True), metavar="SECONDS",
+              help="Answer 504 to a request still running after this long, cancelling its "
+                   "generation [default: no limit].")
 @click.option("--server", "name", default=DEFAULT_SERVER, show_default=True, metavar="NAME",
               help="A registered server.")
 @click.pass_obj
 def serve_command(host_obj, bundle_dir: str, host: str, port: int, api_key: str | None,
-                  quantized: bool, max_batch: int | None, name: str) -> None:
+                  quantized: bool, max_batch: int | None, max_concurrent: int,
+                  request_timeout: float | None, name: str) -> None:
     """Serve an exported bundle (`lmforge export RUN`) over an OpenAI-compatible HTTP API."""
     if host_obj is None:  # python -m lmforge.plugins.serve: no plugin host, only the built-in
         if name != DEFAULT_SERVER:
@@ -65,7 +73,8 @@ def serve_command(host_obj, bundle_dir: str, host: str, port: int, api_key: str 
     else:
         server = host_obj.registry.get("server", name).create({})
     server.serve(Path(bundle_dir), host=host, port=port, api_key=api_key, quantized=quantized,
-                 max_batch=max_batch)
+                 max_batch=max_batch, max_concurrent=max_concurrent,
+                 request_timeout=request_timeout)
 
 
 @hookimpl

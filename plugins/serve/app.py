@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException
 from lmforge.errors import LmforgeError
 from lmforge.plugins.runtime.classify import Classifier
 from lmforge.plugins.runtime.generate import Engine, Sampling, prompt_ids
-from lmforge.plugins.serve.guard import Guard, error_body
+from lmforge.plugins.serve.guard import ConcurrencyLimit, Guard, error_body
 from lmforge.plugins.serve.metrics import Metrics, MetricsMiddleware
 from lmforge.plugins.serve.schemas import ClassifyRequest, CompletionRequest, TokenizeRequest
 from lmforge.plugins.tasks.generation_text import TextStream
@@ -37,16 +37,32 @@ DISCONNECT_POLL_S = 0.25
 @dataclass(frozen=True)
 class ServeSettings:
     """How the app serves: the API key (None: no auth), the largest request body, the engine's
-    slots (None: the bundle's max_batch) and the most texts one classify request may hold."""
+    slots (None: the bundle's max_batch), the most texts one classify request may hold, the
+    most requests under /v1/ in flight (more are answered 429) and the seconds a request may
+    take (None: no limit; past it 504, and its generation is cancelled)."""
 
     api_key: str | None = None
     max_body_bytes: int = 1 << 20
     max_batch: int | None = None
     max_inputs: int = 256
+    max_concurrent: int = 256
+    request_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_concurrent < 1:
+            raise LmforgeError(f"max_concurrent must be >= 1, found {self.max_concurrent}")
+        if self.request_timeout is not None and self.request_timeout <= 0:
+            raise LmforgeError(f"request_timeout must be > 0 seconds, found "
+                               f"{self.request_timeout}")
 
 
 def invalid(message: str, status: int = 422) -> HTTPException:
     return HTTPException(status, message)
+
+
+def timed_out(seconds: float) -> HTTPException:
+    return HTTPException(504, f"the request took longer than the server's timeout of {seconds} "
+                              f"s (--request-timeout); its work was cancelled")
 
 
 class _Model:
@@ -111,6 +127,7 @@ def create_app(bundle, settings: ServeSettings | None = None) -> FastAPI:
     app = FastAPI(title=f"lmforge: {model.name}", lifespan=lifespan,
                   description=f"A {model.manifest.task} model exported by lmforge, on onnxruntime.")
     app.state.model = model
+    app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent)  # after the key check
     app.add_middleware(Guard, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes)
     _error_handlers(app)
 
@@ -171,7 +188,11 @@ def create_app(bundle, settings: ServeSettings | None = None) -> FastAPI:
         model.need("classify", "/v1/classify")
         texts = [body.input] if isinstance(body.input, str) else body.input
         _check_texts(texts, settings.max_inputs)
-        results = await run_in_threadpool(model.classifier.predict, texts)
+        try:
+            async with asyncio.timeout(settings.request_timeout):
+                results = await run_in_threadpool(model.classifier.predict, texts)
+        except TimeoutError:
+            raise timed_out(settings.request_timeout) from None
         return {"object": "list", "model": model.name,
                 "data": [{"index": i, **result} for i, result in enumerate(results)]}
 
@@ -210,6 +231,8 @@ class _Generation:
         self.stop = stop
         self.stopped = False  # a stop string ended the text
         self.request = model.engine.submit(ids, sampling)
+        timeout = model.settings.request_timeout
+        self.deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         self.id = f"cmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
 
@@ -266,7 +289,14 @@ class _Generation:
         stream = TextStream(self.model.bundle.tokenizer, self.stop)
         tokens = self.request.async_tokens()
         try:
-            async for token in tokens:
+            while True:
+                try:
+                    async with asyncio.timeout_at(self.deadline):
+                        token = await anext(tokens)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise timed_out(self.model.settings.request_timeout) from None
                 self.model.metrics.tokens.inc()
                 piece = stream.push(token)
                 if piece:
@@ -306,6 +336,8 @@ class _Generation:
                 yield json.dumps(self._body(piece, None))
             yield json.dumps({**self._body("", self._finish_reason()), "usage": self._usage()})
             yield "[DONE]"
+        except HTTPException as exc:  # the timeout, after the response began: its last event
+            yield json.dumps(error_body(exc.detail, "timeout_error"))
         finally:
             self.request.cancel()
 

@@ -1,5 +1,5 @@
-"""ASGI middleware in front of every route: the API key, the request body size, and bodies
-read as JSON whatever their content type says."""
+"""ASGI middleware in front of the routes: the API key, the request body size, bodies read as
+JSON whatever their content type says, and the cap on requests in flight."""
 
 from __future__ import annotations
 
@@ -62,3 +62,31 @@ class Guard:
     def _too_large(self, size: int, at_least: bool = False) -> str:
         return (f"request body of {'at least ' if at_least else ''}{size} bytes is over the "
                 f"limit of {self.max_body_bytes} bytes")
+
+
+class ConcurrencyLimit:
+    """Answers 429 with Retry-After to a request under /v1/ arriving while `limit` of them are
+    in flight (a stream is in flight until its last event is sent)."""
+
+    RETRY_AFTER_S = 1
+
+    def __init__(self, app, *, limit: int):
+        self.app = app
+        self.limit = limit
+        self.in_flight = 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            return await self.app(scope, receive, send)
+        if self.in_flight >= self.limit:
+            response = JSONResponse(
+                error_body(f"{self.in_flight} requests are in flight, the server's limit "
+                           f"(--max-concurrent {self.limit}); retry shortly",
+                           "rate_limit_error"),
+                status_code=429, headers={"Retry-After": str(self.RETRY_AFTER_S)})
+            return await response(scope, receive, send)
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1

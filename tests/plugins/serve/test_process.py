@@ -42,7 +42,8 @@ class ServerProcess:
         self.log_path = log_path
         with log_path.open("w") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", SERVER, str(bundle), "--port", str(port)], stdout=log,
+                [sys.executable, "-c", SERVER, str(bundle), "--port", str(port),
+                 "--max-concurrent", "8", "--request-timeout", "60"], stdout=log,
                 stderr=subprocess.STDOUT, env={**os.environ, "LMFORGE_API_KEY": KEY})
         for _ in range(600):  # wait until it answers (loading a bundle takes a moment)
             if self.process.poll() is not None:
@@ -101,6 +102,7 @@ def test_every_route_over_http_then_sigterm_exits_cleanly(server):
                       ).status_code == 400  # an lm bundle
     assert httpx.get(f"{url}/openapi.json", headers=auth).json()["paths"].keys() >= {
         "/v1/completions", "/v1/classify", "/v1/tokenize", "/v1/models"}
+    assert "lmforge_requests_total" in httpx.get(f"{url}/metrics", headers=auth).text
     httpx.get(f"{url}/info", headers={"Authorization": "Bearer not-the-key"})
     code, output = server.terminate()
     assert code == 0, output
