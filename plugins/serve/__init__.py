@@ -22,10 +22,11 @@ class OnnxServer(Server):
     """Serves a bundle with onnxruntime behind an OpenAI-compatible HTTP API (FastAPI +
     uvicorn): /v1/completions (streamed as server-sent events on request), /v1/models,
     /v1/classify, /v1/tokenize, /health, /ready, /info and /metrics. Generations share one
-    engine that batches them step by step. Requests in flight are capped (429 past the cap) and
-    may be given a timeout (504, the generation cancelled). An API key, when set, is required
-    as a bearer token on every route but /health and /ready. SIGTERM drains: /ready turns 503,
-    requests in flight finish, the process exits 0. Needs the `serve` extra."""
+    engine that batches them step by step; concurrent classify requests are gathered into one
+    onnxruntime call. Requests in flight are capped (429 past the cap) and may be given a
+    timeout (504, the generation cancelled). An API key, when set, is required as a bearer
+    token on every route but /health and /ready. SIGTERM drains: /ready turns 503, requests
+    in flight finish, the process exits 0. Needs the `serve` extra."""
 
     def serve(self, bundle_dir: Path, *, host: str = "127.0.0.1", port: int = 8000,
               api_key: str | None = None, quantized: bool = False, **options) -> None:
@@ -58,12 +59,15 @@ class OnnxServer(Server):
 @click.option("--request-timeout", type=click.FloatRange(0, min_open=True), metavar="SECONDS",
               help="Answer 504 to a request still running after this long, cancelling its "
                    "generation [default: no limit].")
+@click.option("--no-classify-batching", "classify_batching", is_flag=True, default=True,
+              flag_value=False, help="Classify each request on its own instead of gathering "
+                                     "concurrent ones into one onnxruntime call.")
 @click.option("--server", "name", default=DEFAULT_SERVER, show_default=True, metavar="NAME",
               help="A registered server.")
 @click.pass_obj
 def serve_command(host_obj, bundle_dir: str, host: str, port: int, api_key: str | None,
                   quantized: bool, max_batch: int | None, max_concurrent: int,
-                  request_timeout: float | None, name: str) -> None:
+                  request_timeout: float | None, classify_batching: bool, name: str) -> None:
     """Serve an exported bundle (`lmforge export RUN`) over an OpenAI-compatible HTTP API."""
     if host_obj is None:  # python -m lmforge.plugins.serve: no plugin host, only the built-in
         if name != DEFAULT_SERVER:
@@ -74,7 +78,7 @@ def serve_command(host_obj, bundle_dir: str, host: str, port: int, api_key: str 
         server = host_obj.registry.get("server", name).create({})
     server.serve(Path(bundle_dir), host=host, port=port, api_key=api_key, quantized=quantized,
                  max_batch=max_batch, max_concurrent=max_concurrent,
-                 request_timeout=request_timeout)
+                 request_timeout=request_timeout, classify_batching=classify_batching)
 
 
 @hookimpl

@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException
 from lmforge.errors import LmforgeError
 from lmforge.plugins.runtime.classify import Classifier
 from lmforge.plugins.runtime.generate import Engine, Sampling, prompt_ids
+from lmforge.plugins.serve.batching import MicroBatcher
 from lmforge.plugins.serve.guard import ConcurrencyLimit, Guard, error_body
 from lmforge.plugins.serve.metrics import Metrics, MetricsMiddleware
 from lmforge.plugins.serve.schemas import ClassifyRequest, CompletionRequest, TokenizeRequest
@@ -39,7 +40,9 @@ class ServeSettings:
     """How the app serves: the API key (None: no auth), the largest request body, the engine's
     slots (None: the bundle's max_batch), the most texts one classify request may hold, the
     most requests under /v1/ in flight (more are answered 429) and the seconds a request may
-    take (None: no limit; past it 504, and its generation is cancelled)."""
+    take (None: no limit; past it 504, and its generation is cancelled), and whether
+    concurrent classify requests are gathered into one onnxruntime call (of at most
+    classify_max_batch texts, waiting at most classify_max_wait_ms for more)."""
 
     api_key: str | None = None
     max_body_bytes: int = 1 << 20
@@ -47,6 +50,9 @@ class ServeSettings:
     max_inputs: int = 256
     max_concurrent: int = 256
     request_timeout: float | None = None
+    classify_batching: bool = True
+    classify_max_batch: int = 64
+    classify_max_wait_ms: float = 5.0
 
     def __post_init__(self) -> None:
         if self.max_concurrent < 1:
@@ -54,6 +60,10 @@ class ServeSettings:
         if self.request_timeout is not None and self.request_timeout <= 0:
             raise LmforgeError(f"request_timeout must be > 0 seconds, found "
                                f"{self.request_timeout}")
+        if self.classify_max_batch < 1 or self.classify_max_wait_ms < 0:
+            raise LmforgeError(f"classify batching needs max_batch >= 1 and max_wait_ms >= 0, "
+                               f"found {self.classify_max_batch} and "
+                               f"{self.classify_max_wait_ms}")
 
 
 def invalid(message: str, status: int = 422) -> HTTPException:
@@ -76,6 +86,7 @@ class _Model:
         self.metrics = Metrics()
         self.engine: Engine | None = None
         self.classifier: Classifier | None = None
+        self.batcher: MicroBatcher | None = None
         self.ready = False
 
     def start(self) -> None:
@@ -91,6 +102,11 @@ class _Model:
         else:
             self.classifier = Classifier(self.bundle)
             self.classifier.session = self.metrics.metered(self.classifier.session, "model")
+            if self.settings.classify_batching:
+                max_batch = self.settings.classify_max_batch
+                self.batcher = MicroBatcher(
+                    lambda texts: self.classifier.predict(texts, batch_size=max_batch),
+                    max_batch=max_batch, max_wait_s=self.settings.classify_max_wait_ms / 1000)
             self.classifier.predict(["warm-up"])
         self.ready = True
 
@@ -98,6 +114,11 @@ class _Model:
         self.ready = False
         if self.engine is not None:
             self.engine.close()
+
+    async def classify(self, texts: list[str]) -> list[dict]:
+        if self.batcher is not None:
+            return await self.batcher(texts)
+        return await run_in_threadpool(self.classifier.predict, texts)
 
     def check_model(self, requested: str | None) -> None:
         if requested is not None and requested != self.name:
@@ -190,7 +211,7 @@ def create_app(bundle, settings: ServeSettings | None = None) -> FastAPI:
         _check_texts(texts, settings.max_inputs)
         try:
             async with asyncio.timeout(settings.request_timeout):
-                results = await run_in_threadpool(model.classifier.predict, texts)
+                results = await model.classify(texts)
         except TimeoutError:
             raise timed_out(settings.request_timeout) from None
         return {"object": "list", "model": model.name,
