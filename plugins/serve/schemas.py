@@ -18,7 +18,7 @@ class CompletionRequest(_Body):
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=1)
     repetition_penalty: float | None = Field(None, gt=0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0)
     n: int = Field(1, description="completions per prompt: only 1")
     stop: str | list[str] | None = None
     stream: bool = False

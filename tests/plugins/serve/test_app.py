@@ -126,6 +126,7 @@ def test_the_wrong_task_and_the_wrong_model_name_are_refused(lm, classifier):
     ({"prompt": "abc", "top_p": 1.5}, "top_p: Input should be less than or equal to 1"),
     ({"prompt": ""}, "prompt is empty"),
     ({"prompt": "abc", "n": 2}, "n must be 1, found 2"),
+    ({"prompt": "abc", "seed": -1}, "seed: Input should be greater than or equal to 0"),
     ({"prompt": ["abc", "def"]}, "one prompt per request, found a list of 2"),
     ({"prompt": "abc", "stop": [""]}, "stop: at most 4 non-empty strings"),
     ({"max_tokens": 3}, "prompt: Field required"),
