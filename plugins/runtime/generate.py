@@ -3,10 +3,12 @@ the running batch between steps, each holding a slot of the state caches while i
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import queue
 import threading
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,9 +45,10 @@ _END = object()  # the queue's last item: the request finished
 
 
 class Request:
-    """A generation submitted to an Engine: its tokens as they come (`tokens()`, or `text()`),
-    `cancel()` from any thread, and once done a `finish_reason`: "stop" (a stop id, or a stop
-    string in `text()`), "length" (max_new_tokens), "cancelled" or "error"."""
+    """A generation submitted to an Engine: its tokens as they come (`tokens()`, `text()`, or
+    `async_tokens()` in an asyncio loop), `cancel()` from any thread, and once done a
+    `finish_reason`: "stop" (a stop id, or a stop string in `text()`), "length"
+    (max_new_tokens), "cancelled" or "error"."""
 
     def __init__(self, engine: Engine, prompt_ids: Sequence[int], sampling: Sampling,
                  stop_ids: Collection[int]):
@@ -58,6 +61,7 @@ class Request:
         self._engine = engine
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
+        self._wake_consumer: Callable[[], None] | None = None
         self.rng = np.random.default_rng(sampling.seed)
 
     @property
@@ -87,6 +91,31 @@ class Request:
         finally:
             self.cancel()  # no-op when it finished
 
+    async def async_tokens(self) -> AsyncIterator[int]:
+        """`tokens()` for an asyncio loop, with the engine running in the background: each
+        token is awaited, holding no thread while it is being computed."""
+        if not self._engine.running_in_background:
+            raise LmforgeError("async_tokens needs the engine's background loop (Engine.start)")
+        loop = asyncio.get_running_loop()
+        arrived = asyncio.Event()
+        self._wake_consumer = lambda: loop.call_soon_threadsafe(arrived.set)
+        try:
+            while True:
+                arrived.clear()  # before looking, so that a token put after the look sets it
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    await arrived.wait()
+                    continue
+                if item is _END:
+                    if self.error is not None:
+                        raise LmforgeError(f"generation failed: {self.error}") from self.error
+                    return
+                yield item
+        finally:
+            self._wake_consumer = None
+            self.cancel()  # no-op when it finished
+
     def text(self, tokenizer: Tokenizer, stop_strings: Sequence[str] = ()) -> Iterator[str]:
         """The generated text piece by piece, as `lmforge generate` streams it: incomplete
         characters and possible starts of a stop string are held back; output ends before the
@@ -105,7 +134,7 @@ class Request:
 
     def _deliver(self, token: int) -> None:
         self.generated.append(token)
-        self._queue.put(token)
+        self._put(token)
 
     def _finish(self, reason: str, error: BaseException | None = None) -> bool:
         """Mark the request finished (the first reason wins); whether this call did."""
@@ -114,8 +143,15 @@ class Request:
                 return False
             self.error = error
             self.finish_reason = reason
-        self._queue.put(_END)
+        self._put(_END)
         return True
+
+    def _put(self, item) -> None:
+        self._queue.put(item)
+        wake = self._wake_consumer
+        if wake is not None:
+            with contextlib.suppress(RuntimeError):  # its loop has closed: nobody waits
+                wake()
 
 
 @dataclass

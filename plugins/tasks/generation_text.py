@@ -52,28 +52,53 @@ def settled_length(text: str, stop_strings: Sequence[str]) -> int:
     return end - held
 
 
+class TextStream:
+    """Text from token ids pushed one at a time, as `stream_text` yields it: each push decodes
+    all the ids so far and gives the new settled end of the text ("" when nothing new is
+    settled); `stopped` turns True once a stop string appears (push the rest no more)."""
+
+    def __init__(self, tokenizer: Tokenizer, stop_strings: Sequence[str]):
+        self.tokenizer = tokenizer
+        self.stop_strings = list(stop_strings)
+        self.generated: list[int] = []
+        self.shown = 0  # characters of the decoded text given out so far
+        self.stopped = False
+
+    def push(self, token: int) -> str:
+        self.generated.append(token)
+        text = self.tokenizer.decode(self.generated)
+        stop = stop_at(text, self.stop_strings)
+        if stop is not None:
+            self.stopped = True
+            return text[self.shown:stop] if stop > self.shown else ""
+        return self._show(text, settled_length(text, self.stop_strings))
+
+    def end(self) -> str:
+        """What was held back, once the tokens ended without a stop string."""
+        text = self.tokenizer.decode(self.generated)
+        return self._show(text, len(text))
+
+    def _show(self, text: str, upto: int) -> str:
+        if upto <= self.shown:
+            return ""
+        piece, self.shown = text[self.shown:upto], upto
+        return piece
+
+
 def stream_text(tokens: Iterator[int], tokenizer: Tokenizer, stop_strings: list[str]
                 ) -> Iterator[str]:
-    """The text of `tokens` piece by piece: each step decodes all the ids so far and yields the
-    new end of the text, holding back what `settled_length` holds back; output ends before the
-    first stop string. `tokens` (a generator) is closed when this ends or is closed."""
-    generated: list[int] = []
-    shown = 0  # characters of the decoded text yielded so far
+    """The text of `tokens` piece by piece (`TextStream`); output ends before the first stop
+    string. `tokens` (a generator) is closed when this ends or is closed."""
+    stream = TextStream(tokenizer, stop_strings)
     try:
         for token in tokens:
-            generated.append(token)
-            text = tokenizer.decode(generated)
-            stop = stop_at(text, stop_strings)
-            if stop is not None:
-                if stop > shown:
-                    yield text[shown:stop]
+            piece = stream.push(token)
+            if piece:
+                yield piece
+            if stream.stopped:
                 return
-            settled = settled_length(text, stop_strings)
-            if settled > shown:
-                yield text[shown:settled]
-                shown = settled
-        text = tokenizer.decode(generated)
-        if len(text) > shown:
-            yield text[shown:]
+        piece = stream.end()
+        if piece:
+            yield piece
     finally:
         tokens.close()  # lets the token source free what it holds now, not when collected

@@ -1,6 +1,7 @@
 """The continuous-batching engine on fake decode graphs: batched decoding gives each request
 the tokens the torch path gives it alone; requests join, leave and reuse slots."""
 
+import asyncio
 import threading
 
 import pytest
@@ -230,3 +231,22 @@ def test_close_cancels_what_is_still_running():
     engine.close()
     assert request.finish_reason == "cancelled"
     assert engine.running == 0
+
+
+def test_async_tokens_are_the_tokens_and_need_the_background_loop():
+    engine = kv_engine(KvSession(fail_on_token=31), context=None)
+    sampling = Sampling(max_new_tokens=6, temperature=0)
+
+    async def collect(request):
+        return [token async for token in request.async_tokens()]
+
+    with pytest.raises(LmforgeError, match="background loop"):
+        asyncio.run(collect(engine.submit([3, 4], sampling)))
+    engine.start()
+    try:
+        assert asyncio.run(collect(engine.submit([3, 4], sampling))) == torch_tokens(
+            KvModel(None), [3, 4], sampling)
+        with pytest.raises(LmforgeError, match="generation failed: the graph failed"):
+            asyncio.run(collect(engine.submit([31, 2], sampling)))
+    finally:
+        engine.close()

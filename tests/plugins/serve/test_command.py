@@ -1,0 +1,27 @@
+"""`lmforge serve` through the plugin host: the built-in onnx server, and clear errors before
+anything listens."""
+
+import json
+
+from lmforge.plugins.serve import OnnxServer
+
+from ...cli.test_cli import run
+
+
+def test_the_onnx_server_is_registered(registry):
+    assert registry.get("server", "onnx").component is OnnxServer
+
+
+def test_serve_refuses_a_missing_or_tampered_bundle_naming_it(tmp_path, lm_folder):
+    done = run("serve", str(tmp_path / "nowhere"))
+    assert done.returncode == 2 and "no such bundle folder" in done.stderr
+    manifest = json.loads((lm_folder / "lmforge.json").read_text())
+    (lm_folder / "tokenizer.json").write_text("{}")
+    done = run("serve", str(lm_folder))
+    assert done.returncode == 2
+    assert "tokenizer.json" in done.stderr and manifest["files"]["tokenizer.json"] in done.stderr
+
+
+def test_serve_refuses_an_unknown_server(lm_folder):
+    done = run("serve", str(lm_folder), "--server", "nope")
+    assert done.returncode == 2 and "nope" in done.stderr

@@ -1,0 +1,110 @@
+"""A real server process on a loopback port, driven by the official `openai` client: completions
+whole and streamed, every other route over HTTP, the key never in its output, no torch, and a
+clean exit on SIGTERM."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+openai = pytest.importorskip("openai")
+
+from .conftest import KEY  # noqa: E402
+from .test_app import greedy_text  # noqa: E402
+
+# `lmforge serve`, reporting at exit whether torch was imported
+SERVER = """
+import atexit, sys
+atexit.register(lambda: print("torch imported:", "torch" in sys.modules, file=sys.stderr))
+from lmforge.cli import main
+main(["serve", *sys.argv[1:]])
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """`lmforge serve BUNDLE` on a free loopback port, with the key in
+    LMFORGE_API_KEY, its output in a file."""
+
+    def __init__(self, bundle, log_path):
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        with log_path.open("w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", SERVER, str(bundle), "--port", str(port),
+                 "--max-concurrent", "8", "--request-timeout", "60"], stdout=log,
+                stderr=subprocess.STDOUT, env={**os.environ, "LMFORGE_API_KEY": KEY})
+        for _ in range(600):  # wait until it answers (loading a bundle takes a moment)
+            if self.process.poll() is not None:
+                break
+            try:
+                if httpx.get(f"{self.url}/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+
+    def terminate(self) -> tuple[int, str]:
+        """SIGTERM it; its exit code and output."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=60)
+        return code, self.log_path.read_text()
+
+
+@pytest.fixture
+def server(lm_folder, tmp_path):
+    started = ServerProcess(lm_folder, tmp_path / "server.log")
+    assert started.process.poll() is None, started.log_path.read_text()
+    yield started
+    started.terminate()
+
+
+def test_the_openai_client_completes_and_streams(server, lm_folder):
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0)
+    expected = greedy_text(lm_folder, "the cat", 6)
+    completion = client.completions.create(model="tiny", prompt="the cat", max_tokens=6,
+                                           temperature=0)
+    assert completion.choices[0].text == expected
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.usage.completion_tokens == 6 and completion.usage.prompt_tokens == 7
+    pieces = list(client.completions.create(model="tiny", prompt="the cat", max_tokens=6,
+                                            temperature=0, stream=True))
+    assert "".join(piece.choices[0].text for piece in pieces) == expected
+    assert pieces[-1].choices[0].finish_reason == "length"
+    assert [model.id for model in client.models.list()] == ["tiny"]
+    with pytest.raises(openai.UnprocessableEntityError, match="over the limit of 256"):
+        client.completions.create(model="tiny", prompt="abc", max_tokens=1000)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong",
+                      max_retries=0).models.list()
+
+
+def test_every_route_over_http_then_sigterm_exits_cleanly(server):
+    url, auth = server.url, {"Authorization": f"Bearer {KEY}"}
+    assert httpx.get(f"{url}/health").json() == {"status": "ok"}
+    assert httpx.get(f"{url}/ready").status_code == 200
+    assert httpx.get(f"{url}/info").status_code == 401
+    assert httpx.get(f"{url}/info", headers=auth).json()["task"] == "lm"
+    assert httpx.post(f"{url}/v1/tokenize", json={"input": "abc"}, headers=auth
+                      ).json()["count"] == 3
+    assert httpx.post(f"{url}/v1/classify", json={"input": "abc"}, headers=auth
+                      ).status_code == 400  # an lm bundle
+    assert httpx.get(f"{url}/openapi.json", headers=auth).json()["paths"].keys() >= {
+        "/v1/completions", "/v1/classify", "/v1/tokenize", "/v1/models"}
+    assert "lmforge_requests_total" in httpx.get(f"{url}/metrics", headers=auth).text
+    httpx.get(f"{url}/info", headers={"Authorization": "Bearer not-the-key"})
+    code, output = server.terminate()
+    assert code == 0, output
+    assert "torch imported: False" in output
+    assert KEY not in output and "not-the-key" not in output
