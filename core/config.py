@@ -18,14 +18,8 @@ from lmforge.host.registry import Entry, Registry
 from lmforge.settings import Settings
 
 # Top-level sections that name one component, and the registry kind each looks up.
-COMPONENT_SECTIONS = {
-    "tokenizer": "tokenizer",
-    "model": "model",
-    "task": "task",
-    "trainer": "trainer",
-    "export": "exporter",
-    "serve": "server",
-}
+COMPONENT_SECTIONS = {"tokenizer": "tokenizer", "model": "model", "task": "task",
+                      "trainer": "trainer", "export": "exporter", "serve": "server"}
 # What a section (or `callbacks`) names when the config leaves it out: the schema's defaults,
 # shown filled in by `lmforge config show` like every other default.
 DEFAULT_COMPONENTS = {"task": "lm", "trainer": "standard"}
@@ -34,7 +28,6 @@ RUN_KEYS = ("name", "runs_dir", "seed")
 # Core sections; plugins add more through `register_config_sections` (e.g. `sweep`).
 CORE_SECTIONS = (*RUN_KEYS, "data", *COMPONENT_SECTIONS, "callbacks", "sample")
 DATA_KEYS = ("source", "preprocess", "split")
-
 
 RUN_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # one folder name: no separators, no leading dot
 

@@ -10,22 +10,6 @@ from typing import Any
 from lmforge.errors import RegistryError
 from lmforge.settings import NoSettings, Settings
 
-# kind -> the registration hook that fills it
-KINDS = {
-    "data_source": "register_data_sources",
-    "preprocessor": "register_preprocessors",
-    "tokenizer": "register_tokenizers",
-    "model": "register_models",
-    "task": "register_tasks",
-    "trainer": "register_trainers",
-    "exporter": "register_exporters",
-    "server": "register_servers",
-    "metric": "register_metrics",
-    "callback": "register_callbacks",
-    "config_section": "register_config_sections",
-}
-
-
 # kind -> the interface its components implement, as "module:class" (imported when a component
 # of that kind registers, so loading the host imports no interface it does not need)
 INTERFACES = {
@@ -37,10 +21,12 @@ INTERFACES = {
     "trainer": "lmforge.interfaces.trainer:Trainer",
     "exporter": "lmforge.interfaces.export:Exporter",
     "server": "lmforge.interfaces.export:Server",
-    "callback": "lmforge.interfaces.callback:Callback",
     "metric": "lmforge.interfaces.metric:Metric",
+    "callback": "lmforge.interfaces.callback:Callback",
     "config_section": "lmforge.settings:Settings",
 }
+# kind -> the hook that registers its components: register_data_sources, register_models, ...
+KINDS = {kind: f"register_{kind}s" for kind in INTERFACES}
 
 
 def interface(kind: str) -> type | None:

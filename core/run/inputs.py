@@ -15,8 +15,6 @@ from lmforge.interfaces.data import Preprocessor, Record
 def read_file_records(config: RunConfig, path: Path, registry: Registry) -> list[Record]:
     """The records of `path`, read with the run's own data-source settings where they apply
     (see `file_records`), through the run's text-rewriting preprocessors."""
-    if not path.is_file():
-        raise LmforgeError(f"{path}: no such file")
     if config.data is None:
         raise LmforgeError(f"the run's config has no data section to read {path} with")
     run_source = config.data.source

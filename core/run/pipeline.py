@@ -39,12 +39,10 @@ from lmforge.run.folder import (
 
 # Settings that change how a run is watched, paced or deployed, not what it trains: a run may
 # resume with other values for these.
-RESUME_SAFE = {
-    ("name",), ("runs_dir",), ("sample",), ("callbacks",), ("task", "metrics"), ("export",),
-    ("serve",),
-    ("trainer", "max_time"), ("trainer", "checkpoint_every"), ("trainer", "keep_last"),
-    ("trainer", "log_every"), ("trainer", "threads"), ("trainer", "device"),
-}
+RESUME_SAFE = {("name",), ("runs_dir",), ("sample",), ("callbacks",), ("task", "metrics"),
+               ("export",), ("serve",), ("trainer", "max_time"), ("trainer", "checkpoint_every"),
+               ("trainer", "keep_last"), ("trainer", "log_every"), ("trainer", "threads"),
+               ("trainer", "device")}
 
 
 def config_hash(config: RunConfig) -> str:
