@@ -14,7 +14,7 @@ from lmforge.errors import LmforgeError
 from lmforge.interfaces.tokenizer import Tokenizer
 from lmforge.plugins.runtime.manifest import BundleError, GraphEntry
 from lmforge.plugins.runtime.request import Request, Sampling
-from lmforge.plugins.runtime.sampling import sample_next
+from lmforge.plugins.runtime.sampling import sample_rows
 from lmforge.plugins.tasks.generation_text import check_stop_strings
 
 DTYPES = {"int64": np.int64, "float32": np.float32, "float16": np.float16, "bool": np.bool_}
@@ -195,8 +195,8 @@ class Engine:
                 except Exception as exc:  # onnxruntime raises its own exception types
                     self._fail(group, exc)
                     continue
-                for row, row_logits in zip(group, logits, strict=True):
-                    self._advance(row, row_logits)
+                for row, token in zip(group, self._sample(group, logits), strict=True):
+                    self._advance(row, token)
             return len(rows)
 
     def _admit(self) -> None:
@@ -221,19 +221,39 @@ class Engine:
             slot.pending = slot.ids[-max(window - 1, 1):]
             self._reset_state(row)
 
-    def _advance(self, row: int, logits: np.ndarray) -> None:
+    def _sample(self, rows: list[int], logits: np.ndarray) -> list[int]:
+        """The next token of each row from its logits (len(rows), V): rows whose requests
+        sample alike are drawn together, each with its request's generator."""
+        alike: dict[tuple, list[int]] = {}
+        for i, row in enumerate(rows):
+            sampling = self._slots[row].request.sampling
+            settings = (sampling.temperature, sampling.top_k, sampling.top_p,
+                        sampling.repetition_penalty)
+            alike.setdefault(settings, []).append(i)
+        tokens = [0] * len(rows)
+        for (temperature, top_k, top_p, penalty), members in alike.items():
+            slots = [self._slots[rows[i]] for i in members]
+            seen = None
+            if penalty != 1.0:
+                for slot in slots:
+                    if slot.seen is None:
+                        slot.seen = np.zeros(logits.shape[-1], dtype=bool)
+                        slot.seen[slot.ids] = True
+                seen = np.stack([slot.seen for slot in slots])
+            drawn = sample_rows(logits[members], [slot.request.rng for slot in slots],
+                                temperature=temperature, top_k=top_k, top_p=top_p,
+                                repetition_penalty=penalty, seen=seen)
+            for i, token in zip(members, drawn.tolist(), strict=True):
+                tokens[i] = token
+        return tokens
+
+    def _advance(self, row: int, token: int) -> None:
         slot = self._slots[row]
         request = slot.request
         if request.done:  # cancelled while the graph ran
             self._slots[row] = None
             return
         sampling = request.sampling
-        if slot.seen is None and sampling.repetition_penalty != 1.0:
-            slot.seen = np.zeros(logits.shape[-1], dtype=bool)
-            slot.seen[slot.ids] = True
-        token = sample_next(logits, temperature=sampling.temperature, top_k=sampling.top_k,
-                            top_p=sampling.top_p, repetition_penalty=sampling.repetition_penalty,
-                            seen=slot.seen, rng=request.rng)
         if token in request.stop_ids:
             request._finish("stop")
             self._slots[row] = None

@@ -4,7 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from lmforge.plugins.runtime.sampling import next_token_probabilities, sample_next
+from lmforge.plugins.runtime.sampling import (
+    next_token_probabilities,
+    sample_next,
+    sample_rows,
+)
 from lmforge.plugins.tasks import generate as torch_generate
 
 CASES = [
@@ -74,3 +78,27 @@ def test_a_seed_repeats_its_draws_and_draws_stay_inside_the_nucleus():
     rng = np.random.default_rng(11)
     draws = {sample_next(logits, rng=rng, **sampling) for _ in range(400)}
     assert draws == allowed  # every kept token is drawn, no dropped one ever is
+
+
+@pytest.mark.parametrize("sampling", CASES)
+def test_rows_sampled_together_are_each_row_sampled_alone(sampling):
+    rng = np.random.default_rng(4)
+    logits = rng.normal(0, 3, size=(5, 64)).astype(np.float32)
+    seen = rng.random((5, 64)) < 0.3
+    together = next_token_probabilities(logits, seen=seen, **sampling)
+    for row in range(5):
+        alone = next_token_probabilities(logits[row], seen=seen[row], **sampling)
+        np.testing.assert_array_equal(together[row], alone)
+    drawn = sample_rows(logits, [np.random.default_rng(seed) for seed in range(5)], seen=seen,
+                        **sampling)
+    for row in range(5):
+        assert drawn[row] == sample_next(logits[row], seen=seen[row],
+                                         rng=np.random.default_rng(row), **sampling)
+
+
+def test_draws_follow_the_distribution():
+    logits = np.log(np.array([0.5, 0.0, 0.3, 0.2], dtype=np.float32))
+    rng = np.random.default_rng(2)
+    drawn = sample_rows(np.tile(logits, (20_000, 1)), [rng] * 20_000, temperature=1.0)
+    frequencies = np.bincount(drawn, minlength=4) / drawn.size
+    np.testing.assert_allclose(frequencies, [0.5, 0.0, 0.3, 0.2], atol=0.015)
