@@ -7,6 +7,7 @@ import signal
 
 import uvicorn
 from fastapi import FastAPI
+from sse_starlette.sse import AppStatus
 
 
 class _DrainingServer(uvicorn.Server):
@@ -25,4 +26,7 @@ def run_server(app: FastAPI, host: str, port: int) -> None:
     # uvicorn re-raises the signal that stopped it once it has shut down; with the default
     # handler that SIGTERM would end the process with -15 instead of 0
     signal.signal(signal.SIGTERM, lambda *_: None)
+    # sse-starlette ends every open stream at the first signal; a stream in flight ends by
+    # itself (max_tokens, the request timeout, a client gone), so let it finish like the rest
+    AppStatus.disable_automatic_graceful_drain()
     _DrainingServer(uvicorn.Config(app, host=host, port=port, log_level="info"), app).run()

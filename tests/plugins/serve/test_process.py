@@ -1,7 +1,9 @@
 """A real server process on a loopback port, driven by the official `openai` client: completions
 whole and streamed, every other route over HTTP, the key never in its output, no torch, and a
-clean exit on SIGTERM."""
+clean exit on SIGTERM, draining the requests in flight."""
 
+import concurrent.futures
+import json
 import os
 import signal
 import socket
@@ -24,6 +26,14 @@ atexit.register(lambda: print("torch imported:", "torch" in sys.modules, file=sy
 from lmforge.cli import main
 main(["serve", *sys.argv[1:]])
 """
+# the same, with every decode step taking 10 ms more, so that requests are still in flight
+# when the test signals
+SLOW_SERVER = SERVER.replace("from lmforge.cli import main", """
+import time
+from lmforge.plugins.runtime.generate import Engine
+step = Engine.step
+Engine.step = lambda self: (time.sleep(0.01), step(self))[1]
+from lmforge.cli import main""")
 
 
 def free_port() -> int:
@@ -36,13 +46,13 @@ class ServerProcess:
     """`lmforge serve BUNDLE` on a free loopback port, with the key in
     LMFORGE_API_KEY, its output in a file."""
 
-    def __init__(self, bundle, log_path):
+    def __init__(self, bundle, log_path, script=SERVER):
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
         with log_path.open("w") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", SERVER, str(bundle), "--port", str(port),
+                [sys.executable, "-c", script, str(bundle), "--port", str(port),
                  "--max-concurrent", "8", "--request-timeout", "60"], stdout=log,
                 stderr=subprocess.STDOUT, env={**os.environ, "LMFORGE_API_KEY": KEY})
         for _ in range(600):  # wait until it answers (loading a bundle takes a moment)
@@ -108,3 +118,30 @@ def test_every_route_over_http_then_sigterm_exits_cleanly(server):
     assert code == 0, output
     assert "torch imported: False" in output
     assert KEY not in output and "not-the-key" not in output
+
+
+def test_sigterm_lets_the_requests_in_flight_finish(lm_folder, tmp_path):
+    server = ServerProcess(lm_folder, tmp_path / "server.log", script=SLOW_SERVER)
+    auth = {"Authorization": f"Bearer {KEY}"}
+    body = {"prompt": "the cat", "max_tokens": 60, "temperature": 0}
+    try:
+        with httpx.Client(base_url=server.url, headers=auth, timeout=60) as client, \
+                concurrent.futures.ThreadPoolExecutor(1) as pool:
+            whole = pool.submit(client.post, "/v1/completions", json=body)
+            with client.stream("POST", "/v1/completions", json={**body, "stream": True}
+                               ) as stream:
+                lines = stream.iter_lines()
+                first = next(line for line in lines if line.startswith("data:"))
+                server.process.send_signal(signal.SIGTERM)  # 60 steps of 10 ms still to go
+                events = [first, *(line for line in lines if line.startswith("data:"))]
+            response = whole.result()
+    finally:
+        code, output = server.terminate()
+    assert code == 0, output
+    assert events[-1] == "data: [DONE]"
+    chunks = [json.loads(event.removeprefix("data:")) for event in events[:-1]]
+    streamed = "".join(chunk["choices"][0]["text"] for chunk in chunks)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert response.status_code == 200
+    assert response.json()["usage"]["completion_tokens"] == 60
+    assert response.json()["choices"][0]["text"] == streamed  # greedy: the same 60 tokens
