@@ -213,7 +213,7 @@ def _session(bundle: Bundle, name: str):
             raise BundleError(f"{path}: tensor {tensor!r} keeps its data in {location!r}, which "
                               f"the manifest does not hash")
     options = ort.SessionOptions()
-    options.intra_op_num_threads = bundle.threads or _cores()
+    options.intra_op_num_threads = bundle.threads or available_cores()
     options.inter_op_num_threads = 1
     # Idle pool threads would spin between calls, taking the cores from the Python around them
     # (sampling, the tokenizer, the server): measured to slow torch running beside it ~6x here.
@@ -258,5 +258,6 @@ def _tensors(*groups) -> Iterator[Any]:
                                             graph.node)
 
 
-def _cores() -> int:
+def available_cores() -> int:
+    """The CPU cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

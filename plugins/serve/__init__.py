@@ -30,15 +30,19 @@ class OnnxServer(Server):
     in flight finish, the process exits 0. Needs the `serve` extra."""
 
     def serve(self, bundle_dir: Path, *, host: str = "127.0.0.1", port: int = 8000,
-              api_key: str | None = None, quantized: bool = False, **options) -> None:
+              api_key: str | None = None, quantized: bool = False,
+              threads: int | None = None, **options) -> None:
         try:
-            from lmforge.plugins.runtime.bundle import load_bundle
+            from lmforge.plugins.runtime.bundle import available_cores, load_bundle
             from lmforge.plugins.serve.app import ServeSettings, create_app
             from lmforge.plugins.serve.process import run_server
         except ImportError as exc:
             raise LmforgeError(f"the onnx server needs the `serve` extra ({exc}): pip install "
                                f"'lmforge[serve]'") from None
-        bundle = load_bundle(bundle_dir, quantized=quantized)
+        # One core stays with the HTTP side: on two cores, onnxruntime on both made the demo
+        # GPT's completions under load 1.26x slower (benchmarks/RESULTS.md).
+        bundle = load_bundle(bundle_dir, quantized=quantized,
+                             threads=threads or max(1, available_cores() - 1))
         app = create_app(bundle, ServeSettings(api_key=api_key or None, **options))
         run_server(app, host, port)
 
@@ -52,6 +56,9 @@ class OnnxServer(Server):
               help="Require 'Authorization: Bearer KEY' (but on /health and /ready) "
                    "[env: LMFORGE_API_KEY].")
 @click.option("--quantized", is_flag=True, help="Serve the bundle's int8 graphs.")
+@click.option("--threads", type=click.IntRange(1), metavar="N",
+              help="onnxruntime's threads per inference [default: the cores less one, left "
+                   "to the HTTP side; at least 1].")
 @click.option("--max-batch", type=click.IntRange(1), metavar="N",
               help="Generations decoded together [default: the bundle's max_batch].")
 @click.option("--max-concurrent", default=256, show_default=True, type=click.IntRange(1),
@@ -67,7 +74,8 @@ class OnnxServer(Server):
               help="A registered server.")
 @click.pass_obj
 def serve_command(host_obj, bundle_dir: str, host: str, port: int, api_key: str | None,
-                  quantized: bool, max_batch: int | None, max_concurrent: int,
+                  quantized: bool, threads: int | None, max_batch: int | None,
+                  max_concurrent: int,
                   request_timeout: float | None, classify_batching: bool, name: str) -> None:
     """Serve an exported bundle (`lmforge export RUN`) over an OpenAI-compatible HTTP API."""
     if name == DEFAULT_SERVER:  # the built-in: no plugin host, so nothing imports torch
@@ -75,7 +83,7 @@ def serve_command(host_obj, bundle_dir: str, host: str, port: int, api_key: str 
     else:
         server = (host_obj or load_plugins()).registry.get("server", name).create({})
     server.serve(Path(bundle_dir), host=host, port=port, api_key=api_key, quantized=quantized,
-                 max_batch=max_batch, max_concurrent=max_concurrent,
+                 threads=threads, max_batch=max_batch, max_concurrent=max_concurrent,
                  request_timeout=request_timeout, classify_batching=classify_batching)
 
 
