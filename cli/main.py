@@ -148,10 +148,21 @@ def data_prepare(host: PluginHost, file: str, overrides: tuple[str, ...], force:
 @set_option
 @click.option("--resume", is_flag=True,
               help="Continue from the latest complete checkpoint of this run.")
+@click.option("--nproc", type=click.IntRange(min=1),
+              help="Train in this many processes of this machine, started by torchrun.")
+@click.option("--max-restarts", type=click.IntRange(min=0),
+              help="With --nproc: restart the processes this many times when one dies, each "
+                   "time from the last checkpoint [default: 0].")
 @click.pass_obj
-def run_command(host: PluginHost, file: str, overrides: tuple[str, ...], resume: bool) -> None:
+def run_command(host: PluginHost, file: str, overrides: tuple[str, ...], resume: bool,
+                nproc: int | None, max_restarts: int | None) -> None:
     """Data -> tokenizer -> train -> eval -> samples (-> export, with an `export:` section); stages
-    whose output is valid are skipped."""
+    whose output is valid are skipped. Under torchrun, each process runs it as one rank."""
+    if nproc is not None or max_restarts is not None:
+        from lmforge.cli.launch import launch
+
+        args = ["run", file, *(f"--set={o}" for o in overrides), *(["--resume"] * resume)]
+        sys.exit(launch(nproc or 1, max_restarts or 0, args))
     from lmforge.run.pipeline import run
 
     run(file, host.registry, overrides, resume=resume, console=console)

@@ -35,6 +35,7 @@ class Trainer(ABC):
     and calling the hooks of `context.callbacks` as it goes."""
 
     Settings = NoSettings
+    distributed = False  # True: trains across the processes torchrun starts, one per rank
 
     def __init__(self, settings: Settings):
         self.settings = settings

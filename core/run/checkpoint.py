@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,11 +31,13 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
 
 
 def save_checkpoint(run_dir: Path, step: int, model: nn.Module, state: dict[str, Any],
-                    meta: dict[str, Any]) -> Path:
+                    meta: dict[str, Any], write_weights: Callable[[Path], None] | None = None
+                    ) -> Path:
     """Write the checkpoint of `step` atomically (its COMPLETE marker last); return its folder.
 
     `state` must hold only tensors and plain Python values: it is read back with
     `torch.load(weights_only=True)`. `meta` gets `step`, `time` and `lmforge_version` added.
+    `write_weights(path)` replaces saving `model` where its weights are held elsewhere (sharded).
     """
     import torch
     from safetensors.torch import save_model
@@ -44,7 +47,10 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, state: dict[str,
             "lmforge_version": __version__}
     with atomic_dir(final, MARKER) as tmp:
         # save_model drops the duplicate names of tied weights, which safetensors refuses.
-        save_model(model, str(tmp / MODEL_FILE))
+        if write_weights is None:
+            save_model(model, str(tmp / MODEL_FILE))
+        else:
+            write_weights(tmp / MODEL_FILE)
         torch.save(state, tmp / STATE_FILE)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n",
                                      encoding="utf-8")

@@ -3,6 +3,7 @@ valid."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -36,13 +37,14 @@ from lmforge.run.folder import (
     TOKENIZER_FILE,
     run_lock,
 )
+from lmforge.run.world import World, current_world, join_world, leave_world, main_first
 
 # Settings that change how a run is watched, paced or deployed, not what it trains: a run may
 # resume with other values for these.
 RESUME_SAFE = {("name",), ("runs_dir",), ("sample",), ("callbacks",), ("task", "metrics"),
                ("export",), ("serve",), ("trainer", "max_time"), ("trainer", "checkpoint_every"),
                ("trainer", "keep_last"), ("trainer", "log_every"), ("trainer", "threads"),
-               ("trainer", "device")}
+               ("trainer", "device"), ("trainer", "backend"), ("trainer", "collective_timeout")}
 
 
 def config_hash(config: RunConfig) -> str:
@@ -140,31 +142,48 @@ def build_model(config: RunConfig, factory: Model, spec: ModelSpec) -> Module:
 
 def run(config_path: str, registry: Registry, overrides: tuple[str, ...] = (), *,
         resume: bool = False, console: Console | None = None) -> dict[str, Any]:
-    """Run every stage of a config, holding its run folder; return what each stage produced."""
+    """Run every stage of a config, holding its run folder; return what each stage produced.
+
+    Under torchrun every process runs this: rank 0 prepares the data and tokenizer first, all of
+    them train, and rank 0 alone evaluates, samples and exports. An elastic restart resumes."""
     config = runnable(load_config(config_path, registry, overrides), registry)
-    with run_lock(config.run_dir):
-        return _run_stages(config, registry, resume, console or Console())
+    world = current_world()
+    join_world(world)
+    try:
+        # one lock for the job: the other ranks work in the folder rank 0 holds
+        with run_lock(config.run_dir) if world.main else contextlib.nullcontext():
+            return _run_stages(config, registry, resume or world.restarts > 0,
+                               console or Console(), world)
+    finally:
+        leave_world(world)
 
 
-def _run_stages(config: RunConfig, registry: Registry, resume: bool, console: Console
-                ) -> dict[str, Any]:
+def _run_stages(config: RunConfig, registry: Registry, resume: bool, console: Console,
+                world: World) -> dict[str, Any]:
     from lmforge.interfaces.trainer import TrainContext
 
     run_dir = config.run_dir
     digest = config_hash(config)
-    finished = _check_existing_checkpoints(run_dir, digest, resume)
-
-    prepared = prepare_data(config)
-    console.print(f"data: {'cached' if prepared.cached else 'prepared'} ({prepared.folder})")
-    tokenizer = train_tokenizer(config, prepared, console, registry)
-    task, model, data = build_parts(config, prepared, tokenizer)
-    atomic_write_text(run_dir / CONFIG_FILE, config.to_yaml())
+    trainer = config.components["trainer"].create()
+    if world.size > 1 and not trainer.distributed:
+        raise LmforgeError(f"trainer {config.components['trainer'].entry.name!r} trains in one "
+                           f"process only, and this job has {world.size}: run it without "
+                           f"torchrun or --nproc")
+    if not world.main:
+        console = Console(quiet=True)
+    with main_first(world):
+        finished = _check_existing_checkpoints(run_dir, digest, resume)
+        prepared = prepare_data(config)
+        console.print(f"data: {'cached' if prepared.cached else 'prepared'} ({prepared.folder})")
+        tokenizer = train_tokenizer(config, prepared, console, registry)
+        task, model, data = build_parts(config, prepared, tokenizer)
+        if world.main:
+            atomic_write_text(run_dir / CONFIG_FILE, config.to_yaml())
     info = {"model": config.components["model"].entry.name,
             "parameters": model.num_parameters(), "flops_per_token": model.flops_per_token()}
     console.print(f"model: {info['model']}, {info['parameters']:,} parameters, kernels "
                   f"{model.kernels_backend}")
 
-    trainer = config.components["trainer"].create()
     if finished is not None:
         console.print(f"train: cached (this config finished training at {finished.name})")
         load_model_weights(finished, model)
@@ -177,6 +196,14 @@ def _run_stages(config: RunConfig, registry: Registry, resume: bool, console: Co
         if summary.get("interrupted"):
             console.print("interrupted: the checkpoint is saved; --resume continues")
             return {"train": summary}
+    if world.size > 1:
+        if not world.main:
+            return {"train": summary}
+        # The trained model may be sharded over processes that are now gone: rank 0 goes on
+        # with a model of its own holding the final checkpoint's weights.
+        device = next(model.parameters()).device
+        model = build_model(config, config.components["model"].create(), task.model_spec())
+        load_model_weights(Path(summary["checkpoint"]), model.to(device))
     checkpoint = finished.name if finished is not None else Path(summary["checkpoint"]).name
     results = {"train": summary, "eval": evaluate_run(config, task, model, console, checkpoint,
                                                       trainer.eval_batch_size)}

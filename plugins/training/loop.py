@@ -4,14 +4,31 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
 from rich.console import Console
 
 from lmforge.errors import LmforgeError
 from lmforge.interfaces.trainer import TrainContext
+from lmforge.plugins.training.distributed import (
+    Heartbeat,
+    no_gradient_sync,
+    rank_device,
+    share_of,
+    training_group,
+    wrap,
+)
+from lmforge.plugins.training.fsdp_state import (
+    gather_optimizer,
+    gather_weights,
+    save_weights,
+    scatter_optimizer,
+    scatter_weights,
+)
 from lmforge.plugins.training.optim import build_optimizer, lr_factor
 from lmforge.plugins.training.peak import peak_flops
 from lmforge.plugins.training.state import (
@@ -23,8 +40,8 @@ from lmforge.plugins.training.state import (
     prune_checkpoints,
     restore_rng_state,
     save_best_weights,
+    seed_dropout,
     seed_training_rng,
-    torch_rng_state,
 )
 from lmforge.run.checkpoint import (
     check_compatible,
@@ -40,6 +57,7 @@ from lmforge.run.checkpoint import (
     update_meta,
 )
 from lmforge.run.folder import MetricsLog
+from lmforge.run.world import current_world
 
 if TYPE_CHECKING:
     from lmforge.plugins.training.trainer import StandardTrainer
@@ -73,10 +91,16 @@ class Fit:
         self.context = context
         self.run_dir = Path(context.run_dir)
         self.task = context.task
-        self.console = Console(stderr=True)
+        self.world = current_world()
+        self.distributed = self.world.size > 1
+        # rank 0 alone prints, logs, plots and saves; the others compute
+        self.console = Console(stderr=True, quiet=not self.world.main)
         self.interrupt = Interrupt()
         self.metrics = MetricsLog(self.run_dir)
-        self.callbacks = [self.metrics, *context.callbacks]
+        self.callbacks = [self.metrics, *context.callbacks] if self.world.main else []
+        self.share = share_of(self.world, settings.batch_size, settings.grad_accum)
+        self.heartbeat: Heartbeat | None = None
+        self.agreed_stop = self.agreed_time_up = False  # what the ranks decided together
         self.step = 0
         self.micro_index = 0  # the data position: micro-batches consumed so far
         self.tokens = 0
@@ -98,11 +122,22 @@ class Fit:
                 seconds = state["train_seconds"] if state else 0.0
                 self._call("on_fit_start", self.context, self._run_record(state, seconds))
                 self._start(state, seconds)
-                summary = self._finish(self._loop())
+                summary = self._train()
             finally:
                 self._call("on_fit_end", summary)
+                if self.heartbeat is not None:
+                    self.heartbeat.close()
         self._print_summary(summary)
         return summary
+
+    def _train(self) -> dict[str, Any]:
+        if not self.distributed:
+            return self._finish(self._loop())
+        try:
+            self._agree()
+            return self._finish(self._loop())
+        except RuntimeError as exc:  # a collective failed: say which rank stopped answering
+            raise self.heartbeat.explain(exc, self.s.collective_timeout) from exc
 
     def _call(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
@@ -113,16 +148,24 @@ class Fit:
     def _setup(self) -> dict[str, Any] | None:
         """Device, model, optimizer and, when resuming, the checkpoint's state."""
         context, s = self.context, self.s
-        self.device = _resolve_device(s.device)
-        self.model = context.model.to(self.device)
+        self.device = rank_device(_resolve_device(s.device), self.world)
+        # `module` is the model itself (what checkpoints hold); `model` may wrap it for DDP
+        self.module = self.model = context.model.to(self.device)
         self.model.train()
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(self.model, s)
         self.window_loss = torch.zeros((), device=self.device)
         self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
                          if s.precision == "bf16" else contextlib.nullcontext())
+        if self.distributed:
+            self.group = training_group(self.world, s.backend, self.device, s.collective_timeout)
+            self.heartbeat = Heartbeat(self.world)
+            self.model = wrap(self.module, s.strategy, self.group, self.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(self.module, s)
         state = self._resume_state()
-        self._setup_flops()
+        if self.world.main:
+            self._setup_flops()
+        else:
+            self.flops_per_token = self.peak = None
         return state
 
     def _start(self, state: dict[str, Any] | None, seconds: float) -> None:
@@ -150,8 +193,11 @@ class Fit:
         if state.get("format") != STATE_FORMAT:
             raise LmforgeError(f"checkpoint {folder}: expected trainer state format "
                                f"{STATE_FORMAT}, found {state.get('format')!r}")
-        load_model_weights(folder, self.model)
-        self.optimizer.load_state_dict(state["optimizer"])
+        self._load_weights(folder)
+        if self.fsdp:
+            scatter_optimizer(self.module, self.optimizer, state["optimizer"], self.world.main)
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self._restore_counters(state)
         self.last_checkpoint = folder
         self.last_checkpoint_final = bool(meta.get("final"))
@@ -166,7 +212,8 @@ class Fit:
         self.last_val_loss = state["last_val_loss"]
         self.evals_without_improvement = state["evals_without_improvement"]
         self.last_eval_step = state["last_eval_step"]
-        self.window_loss = state["window_loss"].to(self.device)
+        # the window's loss is saved summed over the ranks: rank 0 carries it on, at any count
+        self.window_loss = state["window_loss"].to(self.device) * float(self.world.main)
         self.window_micro_batches = state["window_micro_batches"]
 
     def _setup_flops(self) -> None:
@@ -194,15 +241,15 @@ class Fit:
                 "flops_per_token": self.flops_per_token, "kernels": self.context.kernels,
                 "device": str(self.device), "precision": self.s.precision,
                 "threads": torch.get_num_threads(), "batch_size": self.s.batch_size,
-                "grad_accum": self.s.grad_accum, "peak_flops": self.peak,
+                "grad_accum": self.s.grad_accum, "processes": self.world.size,
+                "strategy": self.s.strategy if self.distributed else None,
+                "peak_flops": self.peak,
                 "max_steps": self.s.max_steps, "max_time": self.s.max_time, "elapsed": seconds}
 
     # -- the loop ------------------------------------------------------------------------------
 
     def _loop(self) -> str:
         while True:
-            # Taken before this step's dropout draws: an interrupted step restarts from here.
-            self.torch_rng_at_step_start = torch_rng_state(self.device)
             reason = self._stop_reason()
             if reason is not None:
                 return reason
@@ -211,19 +258,25 @@ class Fit:
                 return "interrupted"
             self._after_step()
 
-    def _rng_at_step_start(self) -> dict[str, Any]:
-        # Python's and NumPy's generators are taken as they are now, not snapshotted each step:
-        # batches come from (seed, index), never from them, and their snapshot (about 80 us)
-        # would cost more than the rest of the trainer's work per step.
-        return {**capture_rng_state(), **self.torch_rng_at_step_start}
+    def _agree(self, tokens: int = 0) -> int:
+        """One collective per step: the step's tokens summed over the ranks, and whether any rank
+        was interrupted or ran out of time, so that all of them stop at the same step."""
+        s = self.s
+        time_up = s.max_time is not None and self.clock.elapsed() >= s.max_time
+        figures = torch.tensor([tokens, self.interrupt.requested, time_up],
+                               dtype=torch.float64, device=self.device)
+        dist.all_reduce(figures, group=self.group)
+        total, self.agreed_stop, self.agreed_time_up = figures.tolist()
+        return int(total)
 
     def _stop_reason(self) -> str | None:
         s = self.s
-        if self.interrupt.requested:
+        if self.agreed_stop if self.distributed else self.interrupt.requested:
             return "interrupted"
         if s.max_steps is not None and self.step >= s.max_steps:
             return "max_steps"
-        if s.max_time is not None and self.clock.elapsed() >= s.max_time:
+        if (self.agreed_time_up if self.distributed
+                else s.max_time is not None and self.clock.elapsed() >= s.max_time):
             return "max_time"
         if (s.early_stopping_patience is not None
                 and self.evals_without_improvement >= s.early_stopping_patience):
@@ -232,20 +285,28 @@ class Fit:
 
     def _train_step(self) -> bool:
         """One optimizer step over `grad_accum` micro-batches; False when interrupted midway."""
-        s, task = self.s, self.task
-        step_loss = None  # the sum of the micro-batch losses
+        s, task, share = self.s, self.task, self.share
+        step_loss = None  # the sum of the micro-batch losses (this rank's part of them)
         tokens = 0
-        for micro in range(s.grad_accum):
-            batch = task.train_batch(self.micro_index + micro, s.batch_size, self.context.seed)
-            if self.interrupt.requested:
+        for micro in share.micro_batches:
+            index = self.micro_index + micro
+            batch = share.take(task.train_batch(index, s.batch_size, self.context.seed))
+            # Ranks decide to stop together, after the step; one process may stop midway.
+            if self.interrupt.requested and not self.distributed:
                 return False
             tokens += task.tokens_in(batch)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-            with self.autocast:
-                loss, _ = task.loss(self.model, batch)
-            (loss / s.grad_accum).backward()
+            # Dropout masks follow the micro-batch, whichever process and session computes it.
+            seed_dropout(self.context.seed, index)
+            with no_gradient_sync(self.model, micro == share.micro_batches[-1]):
+                with self.autocast:
+                    loss, _ = task.loss(self.model, batch)
+                (loss / len(share.micro_batches)).backward()
             # A tensor sum, not .item(): no device sync outside the logged steps.
-            step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
+            loss = loss.detach() * share.loss_weight
+            step_loss = loss if step_loss is None else step_loss + loss
+        if self.distributed:
+            tokens = self._agree(tokens)
         if s.grad_clip is not None:
             self.grad_norm = torch.nn.utils.clip_grad_norm_(self.params, s.grad_clip)
         # The schedule is a pure function of the step: a resumed run needs nothing else for it.
@@ -289,15 +350,23 @@ class Fit:
             current = False
         summary = self._summary(reason)
         if not current:
-            self._checkpoint(self._rng_at_step_start(), {"final": final, "summary": summary})
-        elif final and not self.last_checkpoint_final:
+            self._checkpoint(capture_rng_state(), {"final": final, "summary": summary})
+        elif final and not self.last_checkpoint_final and self.world.main:
             update_meta(self.last_checkpoint, {"final": True, "summary": summary})
         return summary
 
     # -- logging, evaluation, checkpoints ------------------------------------------------------
 
+    def _window_loss(self) -> torch.Tensor:
+        """The summed loss of the micro-batches since the last log line, over all ranks."""
+        if not self.distributed:
+            return self.window_loss
+        total = self.window_loss.clone()
+        dist.all_reduce(total, group=self.group)
+        return total
+
     def _log(self) -> None:
-        loss = (self.window_loss / self.window_micro_batches).item()
+        loss = (self._window_loss() / self.window_micro_batches).item()
         elapsed = self.clock.elapsed()
         tokens_per_s = (self.tokens - self.log_mark[0]) / max(elapsed - self.log_mark[1], 1e-9)
         mfu = self._mfu(tokens_per_s)
@@ -314,33 +383,44 @@ class Fit:
     def _mfu(self, tokens_per_s: float) -> float | None:
         if not self.flops_per_token or not self.peak:
             return None
-        return 3 * self.flops_per_token * tokens_per_s / self.peak
+        # the peak is one process's: the job's is that many times it
+        return 3 * self.flops_per_token * tokens_per_s / (self.peak * self.world.size)
 
     def _evaluate(self) -> None:
         """Validation loss, weighted by targets; the training RNG streams come out untouched."""
         rng = capture_rng_state()
         self.model.eval()
-        total = torch.zeros((), device=self.device, dtype=torch.float64)
-        count = 0
+        # the summed loss x targets, and the targets
+        figures = torch.zeros(2, device=self.device, dtype=torch.float64)
+        batches = list(self.task.eval_batches("val", self.s.batch_size, limit=self.s.eval_batches))
+        mine = batches[self.world.rank::self.world.size]
+        # Every rank runs as many forwards (FSDP gathers parameters in each): a rank short of a
+        # batch scores one more with weight 0.
+        rounds = -(-len(batches) // self.world.size)
         with torch.no_grad(), self.autocast:
-            for batch in self.task.eval_batches("val", self.s.batch_size,
-                                                limit=self.s.eval_batches):
+            for i in range(rounds):
+                batch, weight = (mine[i], 1.0) if i < len(mine) else (batches[0], 0.0)
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
                 loss, targets = self.task.loss(self.model, batch)
-                total += loss.double() * targets
-                count += targets
+                figures[0] += loss.double() * targets * weight
+                figures[1] += targets * weight
+        if self.fsdp:  # the root keeps its gathered parameters after a forward without backward
+            self.model.reshard()
+        if self.distributed:
+            dist.all_reduce(figures, group=self.group)
         self.model.train()
         restore_rng_state(rng)
         self.last_eval_step = self.step
+        total, count = figures.tolist()
         if count == 0:
             return  # no validation data: nothing to report or stop on
-        val_loss = (total / count).item()
+        val_loss = total / count
         improved = self.best_val_loss is None or val_loss < self.best_val_loss
         if improved:
             self.best_val_loss = val_loss
             self.evals_without_improvement = 0
             if self.s.restore_best:
-                save_best_weights(self.run_dir, self.step, self.model, val_loss)
+                self._save_best(val_loss)
         else:
             self.evals_without_improvement += 1
         self.last_val_loss = val_loss
@@ -350,23 +430,52 @@ class Fit:
                                "val_loss": val_loss, "best_val_loss": self.best_val_loss,
                                "elapsed": self.clock.elapsed()})
 
+    @property
+    def fsdp(self) -> bool:
+        return self.distributed and self.s.strategy == "fsdp"
+
+    def _load_weights(self, folder: Path) -> None:
+        if self.fsdp:
+            scatter_weights(self.module, folder, self.world.main)
+        else:
+            load_model_weights(folder, self.module)
+
+    def _weights_writer(self) -> Callable[[Path], None] | None:
+        """What writes the weights: None for the model's own (gathered first under FSDP, so
+        every rank must call this)."""
+        if not self.fsdp:
+            return None
+        weights = gather_weights(self.module)
+        return lambda path: save_weights(weights, path, self.module)
+
+    def _save_best(self, val_loss: float) -> None:
+        writer = self._weights_writer()
+        if self.world.main:
+            save_best_weights(self.run_dir, self.step, self.module, val_loss, writer)
+        if self.distributed:  # the others may read best/ at the end: it must be whole by then
+            dist.barrier(group=self.group)
+
     def _trainer_state(self, rng: dict[str, Any]) -> dict[str, Any]:
         return {"format": STATE_FORMAT, "step": self.step, "micro_batch_index": self.micro_index,
                 "tokens": self.tokens, "train_seconds": self.clock.elapsed(),
-                "optimizer": self.optimizer.state_dict(), "rng": rng,
+                "optimizer": (gather_optimizer(self.module, self.optimizer) if self.fsdp
+                              else self.optimizer.state_dict()), "rng": rng,
                 "best_val_loss": self.best_val_loss, "last_val_loss": self.last_val_loss,
                 "evals_without_improvement": self.evals_without_improvement,
-                "last_eval_step": self.last_eval_step, "window_loss": self.window_loss.cpu(),
+                "last_eval_step": self.last_eval_step, "window_loss": self._window_loss().cpu(),
                 "window_micro_batches": self.window_micro_batches}
 
     def _checkpoint(self, rng: dict[str, Any], extra_meta: dict[str, Any] | None = None) -> None:
         meta = {"config_hash": self.context.config_hash,
                 "tokenizer_hash": self.context.tokenizer_hash, "val_loss": self.last_val_loss,
                 "best_val_loss": self.best_val_loss, "tokens": self.tokens, "final": False,
-                **(extra_meta or {})}
-        self.last_checkpoint = save_checkpoint(self.run_dir, self.step, self.model,
-                                               self._trainer_state(rng), meta)
+                "processes": self.world.size, **(extra_meta or {})}
+        state, writer = self._trainer_state(rng), self._weights_writer()  # every rank gathers
+        self.last_checkpoint = checkpoint_dir(self.run_dir, self.step)
         self.last_checkpoint_final = meta["final"]
+        if not self.world.main:
+            return
+        save_checkpoint(self.run_dir, self.step, self.module, state, meta, writer)
         prune_checkpoints(self.run_dir, self.s.keep_last)
         self._call("on_checkpoint", self.step, self.last_checkpoint)
 
@@ -382,7 +491,7 @@ class Fit:
         step = self.restored_step = meta["step"]
         if step == self.step:
             return False
-        load_model_weights(best, self.model)
+        self._load_weights(best)
         self.console.print(f"restored the weights of step {step} (best val loss "
                            f"{self.best_val_loss:.4f})")
         return True

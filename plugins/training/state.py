@@ -9,6 +9,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +70,11 @@ def seed_training_rng(seed: int) -> None:
     torch.manual_seed(derived)
 
 
-def torch_rng_state(device: torch.device) -> dict[str, Any]:
-    """The torch generators dropout draws from: a few microseconds, taken at every step."""
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def seed_dropout(seed: int, micro_batch: int) -> None:
+    """Seed torch's generators for one micro-batch: its dropout masks then depend on the run's
+    seed and the micro-batch alone, not on the process that computes it or on earlier steps."""
+    torch.manual_seed(int(np.random.SeedSequence([seed, micro_batch, 0x64726F70])
+                          .generate_state(1)[0]))
 
 
 class Interrupt:
@@ -131,12 +131,17 @@ class Stopwatch:
             self.started = time.perf_counter()
 
 
-def save_best_weights(run_dir: Path, step: int, model: nn.Module, val_loss: float) -> Path:
-    """Replace `run_dir/best/` atomically with the weights of `step` and its validation loss."""
+def save_best_weights(run_dir: Path, step: int, model: nn.Module, val_loss: float,
+                      write_weights: Callable[[Path], None] | None = None) -> Path:
+    """Replace `run_dir/best/` atomically with the weights of `step` and its validation loss
+    (written by `write_weights(path)` where given, as for a checkpoint)."""
     folder = Path(run_dir) / BEST
     meta = {"step": step, "val_loss": val_loss, "lmforge_version": __version__}
     with atomic_dir(folder, MARKER) as tmp:
-        save_model(model, str(tmp / MODEL_FILE))
+        if write_weights is None:
+            save_model(model, str(tmp / MODEL_FILE))
+        else:
+            write_weights(tmp / MODEL_FILE)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n",
                                      encoding="utf-8")
     return folder

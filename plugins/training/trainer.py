@@ -76,6 +76,14 @@ class StandardTrainer(Trainer):
                                                        description="auto: cuda when available")
         threads: int | None = Field(None, ge=1, description="torch CPU threads; null: torch's "
                                                             "default")
+        strategy: Literal["ddp", "fsdp"] = Field(
+            "ddp", description="across several processes: ddp (a replica each) or fsdp "
+                               "(parameters, gradients and optimizer state sharded)")
+        backend: Literal["auto", "gloo", "nccl"] = Field(
+            "auto", description="collectives across processes; auto: nccl on GPU, gloo on CPU")
+        collective_timeout: float = Field(
+            120.0, gt=0.0, description="seconds a collective waits for the other processes "
+                                       "before the run ends with an error naming the stalled one")
 
         @model_validator(mode="after")
         def _consistent(self):
@@ -88,6 +96,8 @@ class StandardTrainer(Trainer):
                 raise ValueError(f"warmup_steps must be below max_steps; found warmup_steps="
                                  f"{self.warmup_steps}, max_steps={self.max_steps}")
             return self
+
+    distributed = True
 
     @property
     def eval_batch_size(self) -> int:
