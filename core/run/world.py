@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,7 +40,22 @@ def join_world(world: World) -> None:
     import torch.distributed as dist
 
     if world.size > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=SETUP_TIMEOUT)
+        dist.init_process_group("gloo", store=world_store(world), rank=world.rank,
+                                world_size=world.size, timeout=SETUP_TIMEOUT)
+
+
+@functools.cache
+def world_store(world: World):
+    """The job's key-value store (one client per process), under a prefix of this attempt:
+    torchrun keeps one store through elastic restarts, where the keys of the processes it
+    replaced would still be read."""
+    import torch.distributed as dist
+
+    # torchrun's agent hosts the store; other launchers leave that to rank 0
+    host = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" and world.main
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                          world_size=world.size, is_master=host, timeout=SETUP_TIMEOUT)
+    return dist.PrefixStore(f"lmforge/attempt-{world.restarts}/", store)
 
 
 @contextlib.contextmanager

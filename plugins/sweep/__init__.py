@@ -30,6 +30,8 @@ from lmforge.plugins.sweep.space import SweepSettings
 @click.option("--direction", type=click.Choice(["minimize", "maximize"]),
               help="[default: inferred from the metric]")
 @click.option("--jobs", type=click.IntRange(min=1), help="Trials run at once [default: 1].")
+@click.option("--nproc", type=click.IntRange(min=1),
+              help="Processes per trial, started by torchrun [default: 1].")
 @click.option("--grid-points", type=click.IntRange(min=2),
               help="Values per continuous range for the grid sampler.")
 @click.option("--prune/--no-prune", default=None,

@@ -50,6 +50,7 @@ class SweepOptions:
     objective: str | None = None
     direction: str | None = None
     jobs: int | None = None
+    nproc: int | None = None
     grid_points: int | None = None
     prune: bool | None = None
 
@@ -77,7 +78,8 @@ class SweepPlan:
         return self.runs_dir / self.name
 
     def definition(self) -> dict[str, Any]:
-        """What a rerun must match to continue this sweep (not trials or jobs: those may grow)."""
+        """What a rerun must match to continue this sweep (not trials, jobs or processes: those
+        may change)."""
         return {"config_hash": self.config_hash, "overrides": list(self.overrides),
                 "params": {p.key: p.spec for p in self.params}, "sampler": self.sampler,
                 "seed": self.settings.seed, "objective": self.objective,
@@ -261,13 +263,16 @@ class Sweep:
         command = [sys.executable, "-P", "-m", "lmforge", "run", plan.config_path]
         for assignment in sets:
             command += ["--set", assignment]
+        if plan.settings.nproc > 1:
+            command += ["--nproc", str(plan.settings.nproc)]
         return command + (["--resume"] if resume else [])
 
     def _start(self, record: dict[str, Any], resume: bool) -> _Trial:
         env = {**os.environ, "LMFORGE_NO_PROGRESS": "1"}
-        if self.plan.jobs > 1:
-            # trials running side by side share the cores instead of each taking them all
-            threads = str(max(1, (os.cpu_count() or 1) // self.plan.jobs))
+        processes = self.plan.jobs * self.plan.settings.nproc
+        if processes > 1:
+            # trials (and their processes) side by side share the cores, not each take them all
+            threads = str(max(1, (os.cpu_count() or 1) // processes))
             env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
         logs = self.plan.folder / "logs"
         logs.mkdir(parents=True, exist_ok=True)

@@ -168,6 +168,8 @@ class SweepSettings(Settings):
     direction: Literal["minimize", "maximize"] | None = Field(
         None, description="inferred for known metrics (loss: minimize, accuracy: maximize)")
     jobs: int = Field(1, ge=1, description="trials run at once")
+    nproc: int = Field(1, ge=1, description="processes per trial, started by torchrun as "
+                                            "`lmforge run --nproc` starts them")
     grid_points: int | None = Field(None, ge=2, description="values per continuous range "
                                                            "(grid sampler)")
     prune: bool = Field(True, description="tpe: stop trials whose validation loss is worse "

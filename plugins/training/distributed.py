@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 from lmforge.errors import LmforgeError
-from lmforge.run.world import World
+from lmforge.run.world import World, world_store
 
 HEARTBEAT = "lmforge/heartbeat/"
 HEARTBEAT_EVERY = 1.0  # seconds between a rank's heartbeats
@@ -115,9 +115,8 @@ class Heartbeat:
 
     def __init__(self, world: World) -> None:
         self.world = world
-        self.store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
-                                   is_master=False, timeout=datetime.timedelta(seconds=30))
-        self.prefix = f"{HEARTBEAT}{os.environ.get('TORCHELASTIC_RUN_ID', '')}/"
+        self.store = world_store(world)
+        self.prefix = HEARTBEAT
         self.identity = f"{socket.gethostname()} {os.getpid()}"
         self.store.set(f"{self.prefix}{world.rank}/who", self.identity)
         self._stop = threading.Event()

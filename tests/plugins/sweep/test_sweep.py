@@ -215,3 +215,12 @@ def test_trials_do_not_load_plugins_from_the_working_directory(tmp_path, monkeyp
     sweep(config, "trainer.lr=choice(0.003)", sampler="grid")
     assert trials_in(tmp_path / "runs" / "tiny-gpt")[0]["status"] == "finished"
     assert not (tmp_path / "injected").exists()
+
+
+@pytest.mark.slow
+def test_nproc_runs_each_trial_in_that_many_processes(tmp_path):
+    config = write_config(tmp_path, max_steps=4, eval_every=4, checkpoint_every=4)
+    summary = sweep(config, "trainer.lr=choice(0.003)", sampler="grid", nproc=2)
+    assert summary["trials"][0]["status"] == "finished"
+    first = (tmp_path / "runs" / "tiny-gpt" / "trial-1" / "metrics.jsonl").read_text()
+    assert json.loads(first.splitlines()[0])["processes"] == 2
