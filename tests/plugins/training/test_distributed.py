@@ -183,3 +183,15 @@ def test_a_stopped_rank_ends_every_process_with_an_error_naming_it(workdir, tmp_
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2,
+                    reason="NCCL runs one process per GPU: two processes need two GPUs")
+def test_two_processes_on_gpus_with_nccl_train_as_one_does(workdir):
+    on_gpu = ("--set", "trainer.device=cuda", "--set", "trainer.backend=nccl")
+    train(workdir, "gpt", "gpt-one-gpu", *on_gpu)
+    train(workdir, "gpt", "gpt-two-gpus", "--nproc", "2", *on_gpu)
+    expected, found = losses(workdir, "gpt-one-gpu"), losses(workdir, "gpt-two-gpus")
+    assert sorted(found) == sorted(expected)
+    assert max(abs(expected[step] - found[step]) for step in expected) < 1e-4
