@@ -4,19 +4,40 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Hashable
+from functools import cached_property
 
 import numpy as np
-from datasketch import MinHash, MinHashLSH
 
 from lmforge.data.textkey import text_key
 
 # Odd multiplier of the polynomial that combines word hashes into shingle hashes (the 32-bit FNV
-# prime); datasketch mixes every input hash with the MurmurHash3 finalizer before permuting it.
+# prime). Shingle hashes are mixed with the MurmurHash3 finalizer, then permuted by h -> a*h + b
+# mod 2^32 with odd `a`: datasketch's "affine32" MinHash scheme, computed here in numpy so that
+# signatures need no datasketch (whose import takes a second, paid again by each worker process).
 _SHINGLE_MULTIPLIER = np.uint32(0x01000193)
-_SCHEME = "affine32"
+_FMIX = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35))
 # Share of pairs at exactly the threshold that the LSH must offer as candidates. Candidates are
 # verified against their signatures, so extra candidates cost a comparison, not a wrong answer.
 _CANDIDATE_RECALL = 0.95
+
+
+class Signature:
+    """The MinHash of a text: per permutation, the least permuted hash of its shingles."""
+
+    __slots__ = ("hashvalues",)
+
+    def __init__(self, hashvalues: np.ndarray):
+        self.hashvalues = hashvalues
+
+    def __len__(self) -> int:  # what datasketch's LSH reads, with `hashvalues`
+        return len(self.hashvalues)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Signature) and np.array_equal(self.hashvalues, other.hashvalues)
+
+    def jaccard(self, other: Signature) -> float:
+        """The estimated Jaccard similarity of the two texts' shingle sets."""
+        return np.count_nonzero(self.hashvalues == other.hashvalues) / len(self.hashvalues)
 
 
 def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
@@ -68,18 +89,28 @@ class NearDuplicateIndex:
         self.num_perm = num_perm
         self.shingle_size = shingle_size
         self.seed = seed
-        # Built once and shared by every signature: datasketch would otherwise draw the
-        # permutations again for each MinHash.
-        self._permutations = MinHash(num_perm=num_perm, seed=seed, scheme=_SCHEME).permutations
-        self._lsh = MinHashLSH(num_perm=num_perm, params=lsh_bands(threshold, num_perm))
-        self._signatures: dict[Hashable, MinHash] = {}
+        # drawn as datasketch draws the affine32 permutations of a MinHash with this seed
+        draw = np.random.RandomState(seed)
+        self._a = draw.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+        self._b = draw.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+        self._signatures: dict[Hashable, Signature] = {}
 
-    def signature(self, text: str) -> MinHash:
+    def signature(self, text: str) -> Signature:
         """The MinHash of the word shingles of `text`."""
-        signature = MinHash(num_perm=self.num_perm, seed=self.seed, hashfunc=int,
-                            permutations=self._permutations, scheme=_SCHEME)
-        signature.update_batch(self._shingle_hashes(text).tolist())
-        return signature
+        shift1, multiplier1, shift2, multiplier2 = _FMIX
+        hashes = self._shingle_hashes(text)
+        hashes ^= hashes >> shift1
+        hashes *= multiplier1
+        hashes ^= hashes >> shift2
+        hashes *= multiplier2
+        hashes ^= hashes >> shift1
+        return Signature((np.multiply.outer(hashes, self._a) + self._b).min(axis=0))
+
+    @cached_property
+    def _lsh(self):  # built on first use: signing alone needs no datasketch
+        from datasketch import MinHashLSH
+
+        return MinHashLSH(num_perm=self.num_perm, params=lsh_bands(self.threshold, self.num_perm))
 
     def _shingle_hashes(self, text: str) -> np.ndarray:
         """One 32-bit hash per shingle: each word is hashed once (CRC-32, in C) and the words of
@@ -95,7 +126,7 @@ class NearDuplicateIndex:
             hashes += word_hashes[offset:offset + count]
         return hashes
 
-    def query(self, signature: MinHash) -> list[Hashable]:
+    def query(self, signature: Signature) -> list[Hashable]:
         """Keys of the indexed texts whose estimated Jaccard similarity to `signature` is at least
         the threshold, most similar first."""
         similarities = {}
@@ -105,7 +136,7 @@ class NearDuplicateIndex:
                 similarities[key] = similarity
         return sorted(similarities, key=similarities.__getitem__, reverse=True)
 
-    def insert(self, key: Hashable, signature: MinHash) -> None:
+    def insert(self, key: Hashable, signature: Signature) -> None:
         """Index `signature` under `key`; a key may be inserted once."""
         if key in self._signatures:
             raise ValueError(f"key {key!r} is already in the near-duplicate index")

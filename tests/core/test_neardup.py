@@ -116,3 +116,15 @@ def test_lsh_bands_offer_most_pairs_at_the_threshold(threshold, num_perm):
 def test_rejects_nonsense_parameters(arguments):
     with pytest.raises(ValueError):
         NearDuplicateIndex(**arguments)
+
+
+def test_signatures_equal_datasketch_affine32_minhashes():
+    from datasketch import MinHash
+
+    index = NearDuplicateIndex(num_perm=64, shingle_size=3, seed=5)
+    reference = MinHash(num_perm=64, seed=5, scheme="affine32").permutations
+    for text in (PARAGRAPH, OTHER, "one", "two words"):
+        expected = MinHash(num_perm=64, seed=5, hashfunc=int, permutations=reference,
+                           scheme="affine32")
+        expected.update_batch(index._shingle_hashes(text).tolist())
+        assert np.array_equal(index.signature(text).hashvalues, expected.hashvalues)
