@@ -72,11 +72,11 @@ class Preprocessor(ABC):
     as it saw it in training. Steps that select records (filters, dedup) do not.
 
     With `data.workers` > 1, worker processes take chunks of records. A step whose `process`
-    reads nothing but the record and its settings sets `per_record`: each worker builds its own
-    instance per chunk from the settings (so the class and settings must pickle) and the main
-    process folds it into its own with `merge`, in input order. Steps that carry state from
-    record to record (dedup's seen-set) run in the main process in input order; `precompute`
-    moves the part of their work that depends on the record alone into the workers.
+    reads nothing but the record and its settings sets `per_record`: a worker builds a fresh
+    instance per chunk from the settings (so keep construction cheap; class and settings must
+    pickle) and the main process folds each into its own with `merge`, in input order. Steps
+    that carry state from record to record (dedup's seen-set) run in the main process in input
+    order; `precompute` moves what they derive from one record alone into the workers.
     """
 
     Settings = NoSettings

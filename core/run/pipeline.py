@@ -42,7 +42,7 @@ from lmforge.run.folder import (
 RESUME_SAFE = {("name",), ("runs_dir",), ("sample",), ("callbacks",), ("task", "metrics"),
                ("export",), ("serve",), ("trainer", "max_time"), ("trainer", "checkpoint_every"),
                ("trainer", "keep_last"), ("trainer", "log_every"), ("trainer", "threads"),
-               ("trainer", "device")}
+               ("trainer", "device"), ("data", "workers")}
 
 
 def config_hash(config: RunConfig) -> str:
