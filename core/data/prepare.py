@@ -216,13 +216,10 @@ class _SplitWriter:
 
     def __init__(self, folder: Path, data: DataConfig):
         self.settings = data.split
-        self._stack = ExitStack()
-        self.handles = {}
-        for split in SPLITS:
-            handle = open(folder / f"{split}.jsonl", "w", encoding="utf-8")  # noqa: SIM115
-            self.handles[split] = self._stack.enter_context(handle)  # closed by close()
-        self.records = Counter()
-        self.chars = Counter()
+        self._stack = ExitStack()  # the split files, closed by close()
+        self.handles = {split: self._stack.enter_context(open(  # noqa: SIM115
+            folder / f"{split}.jsonl", "w", encoding="utf-8")) for split in SPLITS}
+        self.records, self.chars = Counter(), Counter()
         self.labels: dict[str, Counter] = {s: Counter() for s in SPLITS}
         self.digests: dict[str, set[int]] = {s: set() for s in SPLITS}
         self.signatures: dict[str, list] = {s: [] for s in SPLITS}
