@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
+import threading
 import traceback
 from collections import deque
 from collections.abc import Iterator
@@ -25,6 +27,9 @@ _job: tuple = ()  # in a worker: its per_record steps, the step to precompute fo
 
 def _start(steps, ahead, split) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the main process to handle
+    # A worker waits for chunks forever; if the main process is killed it must exit by itself.
+    parent = multiprocessing.parent_process()
+    threading.Thread(target=lambda: (parent.join(), os._exit(1)), daemon=True).start()
     global _job
     _job = steps, ahead and ahead.create(), split, split and leakage_index(split)
 
@@ -91,6 +96,28 @@ def offload(records: Iterator[Record], steps: list[_StepCounter], data: DataConf
         pool.shutdown(cancel_futures=True)
 
 
+@contextmanager
+def _ctrl_c_deferred():
+    """Ctrl-C waits for the block: a submit may start the fork server and workers, and one broken
+    off halfway leaves a worker the pool does not know, which outlives it or hangs its shutdown.
+    Processes started meanwhile are born with SIGINT blocked (the mask is inherited), so it
+    cannot kill them before they ignore it."""
+    caught: list = []
+    handler = signal.getsignal(signal.SIGINT)
+    swap = handler is not None and threading.current_thread() is threading.main_thread()
+    if swap:  # another thread may take the signal: Python would raise it here all the same
+        signal.signal(signal.SIGINT, lambda *_: caught.append(1))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if swap:
+            signal.signal(signal.SIGINT, handler)
+        if caught:
+            signal.raise_signal(signal.SIGINT)
+
+
 def _in_order(pool: ProcessPoolExecutor, records: Iterator[Record], in_flight: int) -> Iterator:
     """`_run` of each chunk of `records` in input order, at most `in_flight` chunks pending. An
     error reading `records` is raised after the records read before it, as in one process."""
@@ -104,7 +131,8 @@ def _in_order(pool: ProcessPoolExecutor, records: Iterator[Record], in_flight: i
         except Exception as exc:
             error, reading = exc, False
         if chunk and (size >= CHUNK_CHARS or not reading):
-            pending.append(pool.submit(_run, chunk))
+            with _ctrl_c_deferred():
+                pending.append(pool.submit(_run, chunk))
             chunk, size = [], 0
         while len(pending) > (in_flight if reading else 0):
             yield pending.popleft().result()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -154,7 +155,8 @@ def _descendants(pid: int) -> set[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads processes from /proc")
-def test_ctrl_c_with_workers_stops_every_process_and_leaves_no_prepared_folder(tmp_path):
+@pytest.mark.parametrize("stop", ["ctrl-c", "kill"])
+def test_a_stopped_prepare_with_workers_leaves_no_process_and_no_prepared_folder(tmp_path, stop):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join(f"Paragraph {i} in which word{i % 97} meets word{i % 89} and "
                                    f"the rest of the sentence goes on for a while {i * 7}."
@@ -168,22 +170,35 @@ def test_ctrl_c_with_workers_stops_every_process_and_leaves_no_prepared_folder(t
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
     data = tmp_path / "runs" / "big" / "data"
     helpers: set[int] = set()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
-        helpers |= _descendants(process.pid)
-        if len(helpers) >= 3 and list(data.glob(".prepared-*")):  # fork server and 2 workers
-            break
-        time.sleep(0.02)
-    assert process.poll() is None, "prepared before it could be interrupted"
-    os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole process group
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130 and "aborted" in stderr, stderr
-    assert "Traceback" not in stderr  # the workers leave Ctrl-C to the main process
-    assert not list(data.glob("*prepared-*"))
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in helpers):
-        time.sleep(0.05)
-    assert not [pid for pid in helpers if Path(f"/proc/{pid}").exists()]
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            helpers |= _descendants(process.pid)
+            if len(helpers) >= 3 and list(data.glob(".prepared-*")):  # fork server, 2 workers
+                break
+            time.sleep(0.02)
+        assert process.poll() is None, "prepared before it could be stopped"
+        if stop == "ctrl-c":  # as in a terminal: SIGINT to the whole process group
+            os.killpg(process.pid, signal.SIGINT)
+        else:  # the main process alone dies at once (SIGKILL, the OOM killer)
+            process.kill()
+        _, stderr = process.communicate(timeout=60)
+        if stop == "ctrl-c":
+            assert process.returncode == 130 and "aborted" in stderr, stderr
+            assert "Traceback" not in stderr  # the workers leave Ctrl-C to the main process
+            assert not list(data.glob("*prepared-*"))
+        assert not list(data.glob("prepared-*"))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in helpers):
+            time.sleep(0.05)
+        assert not [pid for pid in helpers if Path(f"/proc/{pid}").exists()]
+    finally:  # a failure must not leave processes behind (and a reused pid is left alone)
+        if process.poll() is None:
+            process.kill()
+        for pid in helpers:
+            with contextlib.suppress(OSError):
+                if "multiprocessing" in Path(f"/proc/{pid}/cmdline").read_text():
+                    os.kill(pid, signal.SIGKILL)
 
 
 def test_data_error_is_one_clear_line(tmp_path):
