@@ -141,12 +141,12 @@ def outputs(prepared) -> tuple[dict, dict]:
     return files, report
 
 
-@pytest.mark.parametrize("mode", ["hash", "contiguous"])
-@pytest.mark.parametrize("preprocess", [
-    None,
-    ["dedup", "normalize", "count-vowels"],  # a step that keeps state first: workers precompute
-    ["normalize", {"type": "filter", "min_chars": 20}],  # every step in the workers
-], ids=["mixed", "stateful-first", "all-per-record"])
+@pytest.mark.parametrize(("preprocess", "mode"), [
+    (None, "hash"),
+    (None, "contiguous"),
+    (["dedup", "normalize", "count-vowels"], "hash"),  # state first: the workers precompute
+    (["normalize", {"type": "filter", "min_chars": 20}], "contiguous"),  # all in the workers
+], ids=["mixed-hash", "mixed-contiguous", "stateful-first", "all-per-record"])
 def test_workers_give_the_same_files_and_report_as_one_process(tmp_path, steps_registry, mode,
                                                               preprocess, chunks_sent):
     rows = corpus_rows()
