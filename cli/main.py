@@ -114,10 +114,13 @@ def data() -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 @set_option
 @click.option("--force", is_flag=True, help="Prepare again even when a complete cache exists.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Processes to prepare with (default: data.workers, else 1); the prepared "
+                   "files are the same whatever the number.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
 def data_prepare(host: PluginHost, file: str, overrides: tuple[str, ...], force: bool,
-                 as_json: bool) -> None:
+                 workers: int | None, as_json: bool) -> None:
     """Stream the corpus through cleaning, dedup and the split; print and save a data report."""
     from lmforge.cli.render import data_report_view
     from lmforge.config import load_config
@@ -132,7 +135,8 @@ def data_prepare(host: PluginHost, file: str, overrides: tuple[str, ...], force:
         def report_progress(records: int, size: int) -> None:
             progress.update(task, records=records, mb=size / 1e6)
 
-        prepared = prepare_data(resolved, force=force, progress=report_progress)
+        prepared = prepare_data(resolved, force=force, workers=workers,
+                                progress=report_progress)
     if as_json:
         click.echo(json.dumps(prepared.report, indent=2))
         return

@@ -125,8 +125,10 @@ def data_report_view(console: Console, report: dict[str, Any]) -> None:
             f"val {leakage['val_exact_in_earlier_splits']} exact / {leakage['val_near_train']} "
             f"near train, test {leakage['test_exact_in_earlier_splits']} exact / "
             f"{leakage['test_near_train']} near train (Jaccard >= {leakage['near_threshold']})")
+    workers = report.get("workers", 1)  # absent from a cached report: its run's count is unknown
     console.print(f"{source['bytes'] / 1e6:.2f} MB in {report['seconds']:.1f} s "
-                  f"({report['mb_per_s'] or 0:.2f} MB/s)")
+                  f"({report['mb_per_s'] or 0:.2f} MB/s"
+                  f"{f', {workers} worker processes' if workers > 1 else ''})")
 
 
 def doctor_view(console: Console, findings: dict[str, Any]) -> None:

@@ -27,7 +27,7 @@ DEFAULT_CALLBACKS = ["loss-plot", "progress-bar"]
 RUN_KEYS = ("name", "runs_dir", "seed")
 # Core sections; plugins add more through `register_config_sections` (e.g. `sweep`).
 CORE_SECTIONS = (*RUN_KEYS, "data", *COMPONENT_SECTIONS, "callbacks", "sample")
-DATA_KEYS = ("source", "preprocess", "split")
+DATA_KEYS = ("source", "preprocess", "split", "workers")
 
 RUN_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # one folder name: no separators, no leading dot
 
@@ -75,11 +75,12 @@ class DataConfig:
     source: Component
     preprocess: list[Component]
     split: SplitSettings
+    workers: int = 1  # processes preparing the data; the prepared files do not depend on it
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source.to_dict(),
                 "preprocess": [step.to_dict() for step in self.preprocess],
-                "split": self.split.model_dump(mode="json")}
+                "split": self.split.model_dump(mode="json"), "workers": self.workers}
 
 
 @dataclass
@@ -338,9 +339,14 @@ class _Resolver:
         preprocess = self.component_list("preprocessor", raw.get("preprocess") or [],
                                          ("data", "preprocess"))
         split = self.settings(SplitSettings, raw.get("split") or {}, ("data", "split"))
+        workers = raw.get("workers", 1)
+        if type(workers) is not int or workers < 1:
+            self.problem(("data", "workers"), f"expected a number of processes, at least 1, "
+                                              f"found {workers!r}")
+            return None
         if source is None or split is None or preprocess is None:
             return None
-        return DataConfig(source, preprocess, split)
+        return DataConfig(source, preprocess, split, workers)
 
 
 def _format_path(path: tuple) -> str:

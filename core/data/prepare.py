@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -15,7 +15,8 @@ from typing import Any
 import lmforge
 from lmforge.atomic import atomic_dir, atomic_write_text, is_complete
 from lmforge.config import DataConfig, RunConfig
-from lmforge.data.split import SPLITS, contiguous_bounds, hash_split
+from lmforge.data.neardup import NearDuplicateIndex
+from lmforge.data.split import SPLITS, SplitSettings, contiguous_bounds, hash_split
 from lmforge.data.textkey import text_digest
 from lmforge.errors import ConfigError
 from lmforge.interfaces.data import Preprocessor, Record
@@ -54,13 +55,17 @@ class _StepCounter:
         self.name, self.step = name, step
         self.records_in = self.records_out = self.chars_in = self.chars_out = self.changed = 0
 
-    def through(self, records: Iterable[Record]) -> Iterator[Record]:
+    def through(self, records: Iterable[Record], precomputed: deque | None = None
+                ) -> Iterator[Record]:
+        """The step applied to `records`; `precomputed` holds what workers precomputed for each
+        record in turn (see `lmforge.data.workers`)."""
         process = self.step.process if self.step else None
         for record in records:
             self.records_in += 1
             self.chars_in += len(record["text"])
             if process is not None:
-                result = process(record)
+                result = (process(record) if precomputed is None
+                          else process(record, precomputed.popleft()))
                 if result is None:
                     continue
                 if result["text"] != record["text"]:
@@ -69,6 +74,12 @@ class _StepCounter:
             self.records_out += 1
             self.chars_out += len(record["text"])
             yield record
+
+    def merge(self, other: _StepCounter) -> None:
+        """Add the figures of `other`, this step's counter in a worker, to this one's."""
+        for name in ("records_in", "records_out", "chars_in", "chars_out", "changed"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.step.merge(other.step)
 
     def report(self) -> dict[str, Any]:
         figures: dict[str, Any] = {"step": self.name, "records_in": self.records_in,
@@ -94,13 +105,15 @@ def data_cache_key(data: DataConfig, source_fingerprint: str) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def prepare_data(config: RunConfig, *, force: bool = False,
+def prepare_data(config: RunConfig, *, force: bool = False, workers: int | None = None,
                  progress: Progress | None = None) -> PreparedData:
-    """Prepare the config's data into `runs/NAME/data/prepared-KEY/`, reusing a complete cache."""
+    """Prepare the config's data into `runs/NAME/data/prepared-KEY/`, reusing a complete cache;
+    `workers` processes (default: `data.workers`) give the same files as one."""
     if config.data is None:
         raise ConfigError("the config has no 'data' section: name a data source under data.source")
     check_run_folder(config.run_dir)
     data = config.data
+    workers = workers or data.workers
     source = data.source.create()
     key = data_cache_key(data, source.fingerprint())
     data_dir = config.run_dir / "data"
@@ -124,15 +137,19 @@ def prepare_data(config: RunConfig, *, force: bool = False,
                 progress(steps[0].records_in, input_bytes)
             yield record
 
-    stream: Iterable[Record] = read()
-    for step in steps:
-        stream = step.through(stream)
-
-    with atomic_dir(folder) as tmp:
+    with atomic_dir(folder) as tmp, ExitStack() as pool:
         writer = _SplitWriter(tmp, data)
+        stream, local, precomputed = steps[0].through(read()), steps[1:], None
+        if workers > 1:
+            from lmforge.data.workers import offload  # it imports this module
+
+            stream, local, precomputed = pool.enter_context(
+                offload(stream, local, data, workers, writer))
+        for i, step in enumerate(local):
+            stream = step.through(stream, precomputed if i == 0 else None)
         if data.split.mode == "hash":
             for record in stream:
-                writer.write(hash_split(record["text"], data.split), record)
+                writer.write(None, record)
         else:
             _write_contiguous(tmp, stream, writer, data)
         split_figures = writer.close()
@@ -153,6 +170,7 @@ def prepare_data(config: RunConfig, *, force: bool = False,
         (tmp / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     atomic_write_text(data_dir / "report.json", json.dumps(report, indent=2))
     report["cache"] = {"key": key, "hit": False, "folder": str(folder)}
+    report["workers"] = workers  # not in report.json: the files do not depend on it
     return PreparedData(folder, report)
 
 
@@ -198,31 +216,29 @@ class _SplitWriter:
 
     def __init__(self, folder: Path, data: DataConfig):
         self.settings = data.split
-        self._stack = ExitStack()
-        self.handles = {}
-        for split in SPLITS:
-            handle = open(folder / f"{split}.jsonl", "w", encoding="utf-8")  # noqa: SIM115
-            self.handles[split] = self._stack.enter_context(handle)  # closed by close()
-        self.records = Counter()
-        self.chars = Counter()
+        self._stack = ExitStack()  # the split files, closed by close()
+        self.handles = {split: self._stack.enter_context(open(  # noqa: SIM115
+            folder / f"{split}.jsonl", "w", encoding="utf-8")) for split in SPLITS}
+        self.records, self.chars = Counter(), Counter()
         self.labels: dict[str, Counter] = {s: Counter() for s in SPLITS}
         self.digests: dict[str, set[int]] = {s: set() for s in SPLITS}
-        self.near = None
         self.signatures: dict[str, list] = {s: [] for s in SPLITS}
-        if self.settings.leakage_check:
-            from lmforge.data.neardup import NearDuplicateIndex
+        self.near = leakage_index(self.settings)
+        self.known: dict[str, tuple] = {}  # text -> its text_keys, computed by workers
 
-            self.near = NearDuplicateIndex(threshold=self.settings.near_threshold)
-
-    def write(self, split: str, record: Record) -> None:
+    def write(self, split: str | None, record: Record) -> None:
+        """Write `record` into `split`, or in hash mode (None) the split its text hashes to."""
+        text = record["text"]
+        hashed, digest, signature = self.known.get(text) or text_keys(text, self.settings,
+                                                                       self.near)
+        split = split or hashed
         self.handles[split].write(json.dumps(record, ensure_ascii=False) + "\n")
         self.records[split] += 1
-        self.chars[split] += len(record["text"])
+        self.chars[split] += len(text)
         if "label" in record:
             self.labels[split][str(record["label"])] += 1
-        if self.settings.leakage_check:
-            self.digests[split].add(int.from_bytes(text_digest(record["text"])[:8], "big"))
-            signature = self.near.signature(record["text"])
+        if self.near is not None:
+            self.digests[split].add(digest)
             if split == "train":
                 self.near.insert(self.records[split], signature)
             else:
@@ -249,3 +265,18 @@ class _SplitWriter:
             figures[f"{split}_near_train"] = sum(
                 1 for signature in self.signatures[split] if self.near.query(signature))
         return figures
+
+
+def leakage_index(settings: SplitSettings) -> NearDuplicateIndex | None:
+    """The near-duplicate index of the leakage check, or None when it is off."""
+    return NearDuplicateIndex(settings.near_threshold) if settings.leakage_check else None
+
+
+def text_keys(text: str, settings: SplitSettings, near: NearDuplicateIndex | None) -> tuple:
+    """What the split writer derives from a text: its split in hash mode and, for the leakage
+    check (`near`, from `leakage_index`), its digest and signature. A pure function of the text,
+    so workers may compute it ahead."""
+    split = hash_split(text, settings) if settings.mode == "hash" else None
+    if near is None:
+        return split, None, None
+    return split, int.from_bytes(text_digest(text)[:8], "big"), near.signature(text)

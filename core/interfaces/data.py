@@ -70,10 +70,18 @@ class Preprocessor(ABC):
     A step that only rewrites text (normalizing, cleaning) sets `at_inference`: texts given to
     a trained model (`lmforge predict`, `eval --data`) go through it too, so the model sees text
     as it saw it in training. Steps that select records (filters, dedup) do not.
+
+    With `data.workers` > 1, worker processes take chunks of records. A step whose `process`
+    reads nothing but the record and its settings sets `per_record`: a worker builds a fresh
+    instance per chunk from the settings (so keep construction cheap; class and settings must
+    pickle) and the main process folds each into its own with `merge`, in input order. Steps
+    that carry state from record to record (dedup's seen-set) run in the main process in input
+    order; `precompute` moves what they derive from one record alone into the workers.
     """
 
     Settings = NoSettings
     at_inference: ClassVar[bool] = False
+    per_record: ClassVar[bool] = False
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -81,12 +89,25 @@ class Preprocessor(ABC):
 
     @abstractmethod
     def process(self, record: Record) -> Record | None:
-        """Return the record (changed or not), or `self.drop(reason)` to remove it."""
+        """Return the record (changed or not), or `self.drop(reason)` to remove it. A step that
+        overrides `precompute` may be called as `process(record, precomputed)` instead."""
+
+    def precompute(self, record: Record) -> Any:
+        """What `process` derives from `record` alone (a hash, a signature): with workers, a
+        worker computes it and the main process passes it to `process`. Its result must not
+        depend on earlier records, and `process` must decide alike with or without it."""
+        return None
 
     def drop(self, reason: str) -> None:
         """Count a dropped record under `reason`; returns None, so `return self.drop(...)`."""
         self.dropped[reason] += 1
         return None
+
+    def merge(self, other: Preprocessor) -> None:
+        """Add the figures of `other`, an instance of this `per_record` step that processed a
+        later chunk in a worker, to this one's. The default sums `dropped`; a step whose
+        `report` reads more state adds that too, so the report matches one process's."""
+        self.dropped.update(other.dropped)
 
     def report(self) -> dict[str, Any]:
         """Figures beyond the counts the pipeline keeps (e.g. duplicate rates)."""

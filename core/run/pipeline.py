@@ -44,7 +44,8 @@ from lmforge.run.world import World, current_world, join_world, leave_world, mai
 RESUME_SAFE = {("name",), ("runs_dir",), ("sample",), ("callbacks",), ("task", "metrics"),
                ("export",), ("serve",), ("trainer", "max_time"), ("trainer", "checkpoint_every"),
                ("trainer", "keep_last"), ("trainer", "log_every"), ("trainer", "threads"),
-               ("trainer", "device"), ("trainer", "backend"), ("trainer", "collective_timeout")}
+               ("trainer", "device"), ("trainer", "backend"), ("trainer", "collective_timeout"),
+               ("data", "workers")}
 
 
 def config_hash(config: RunConfig) -> str:

@@ -98,6 +98,7 @@ class Normalize(Preprocessor):
     """
 
     at_inference = True
+    per_record = True
 
     class Settings(ComponentSettings):
         nfkc: bool = Field(True, description="apply Unicode NFKC normalization")
@@ -200,6 +201,7 @@ class Clean(Preprocessor):
     """
 
     at_inference = True
+    per_record = True
 
     class Settings(ComponentSettings):
         html: bool = Field(True, description="remove HTML tags, script/style contents and "
@@ -255,6 +257,8 @@ class Filter(Preprocessor):
     ("repeated_lines": the share of non-blank lines repeating an earlier line of the same record).
     Bounds are inclusive; None disables a rule.
     """
+
+    per_record = True
 
     class Settings(ComponentSettings):
         min_chars: int | None = Field(1, ge=0, description="fewest characters a record may have")
@@ -350,6 +354,7 @@ class Stopwords(Preprocessor):
     """
 
     at_inference = True
+    per_record = True
 
     class Settings(ComponentSettings):
         extra: list[str] = Field([], description="words to remove besides the standard list")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
@@ -122,6 +125,80 @@ def test_data_prepare_prints_the_report_then_hits_the_cache(tmp_path):
     assert len(reports) == 1
     second = run("data", "prepare", str(config), cwd=tmp_path)
     assert "cached" in second.stdout
+
+
+def test_data_prepare_with_workers_prints_them_and_shares_the_one_process_cache(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"Paragraph {i % 250} of the corpus, told once more."
+                                   for i in range(400)))
+    config = tmp_path / "small.yaml"
+    config.write_text(f"data:\n  source:\n    type: text\n    paths: [{corpus}]\n"
+                      "  preprocess: [normalize, {type: dedup, near: true}]\n  workers: 2\n")
+    two = run("data", "prepare", str(config), cwd=tmp_path)
+    assert two.returncode == 0, two.stderr
+    assert "2 worker processes" in two.stdout and "duplicates removed: 150" in two.stdout
+    one = run("data", "prepare", str(config), "--workers", "1", "--json", cwd=tmp_path)
+    assert json.loads(one.stdout)["cache"]["hit"] is True
+
+
+def _descendants(pid: int) -> set[int]:
+    found, pending = set(), [pid]
+    while pending:
+        parent = pending.pop()
+        try:
+            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        except OSError:
+            continue
+        found.update(map(int, children))
+        pending += map(int, children)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads processes from /proc")
+@pytest.mark.parametrize("stop", ["ctrl-c", "kill"])
+def test_a_stopped_prepare_with_workers_leaves_no_process_and_no_prepared_folder(tmp_path, stop):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"Paragraph {i} in which word{i % 97} meets word{i % 89} and "
+                                   f"the rest of the sentence goes on for a while {i * 7}."
+                                   for i in range(120_000)))
+    config = tmp_path / "big.yaml"
+    config.write_text(f"data:\n  source:\n    type: text\n    paths: [{corpus}]\n"
+                      "  preprocess: [normalize, clean, {type: dedup, near: true}]\n")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("LMFORGE_")}
+    process = subprocess.Popen([str(LMFORGE), "data", "prepare", str(config), "--workers", "2"],
+                               cwd=tmp_path, env=environ, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    data = tmp_path / "runs" / "big" / "data"
+    helpers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            helpers |= _descendants(process.pid)
+            if len(helpers) >= 3 and list(data.glob(".prepared-*")):  # fork server, 2 workers
+                break
+            time.sleep(0.02)
+        assert process.poll() is None, "prepared before it could be stopped"
+        if stop == "ctrl-c":  # as in a terminal: SIGINT to the whole process group
+            os.killpg(process.pid, signal.SIGINT)
+        else:  # the main process alone dies at once (SIGKILL, the OOM killer)
+            process.kill()
+        _, stderr = process.communicate(timeout=60)
+        if stop == "ctrl-c":
+            assert process.returncode == 130 and "aborted" in stderr, stderr
+            assert "Traceback" not in stderr  # the workers leave Ctrl-C to the main process
+            assert not list(data.glob("*prepared-*"))
+        assert not list(data.glob("prepared-*"))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in helpers):
+            time.sleep(0.05)
+        assert not [pid for pid in helpers if Path(f"/proc/{pid}").exists()]
+    finally:  # a failure must not leave processes behind (and a reused pid is left alone)
+        if process.poll() is None:
+            process.kill()
+        for pid in helpers:
+            with contextlib.suppress(OSError):
+                if "multiprocessing" in Path(f"/proc/{pid}/cmdline").read_text():
+                    os.kill(pid, signal.SIGKILL)
 
 
 def test_data_error_is_one_clear_line(tmp_path):

@@ -90,6 +90,16 @@ def test_out_of_range_value_says_what_is_allowed(tmp_path, registry):
     assert "data.split.val: Input should be less than 1 (found 1.5)" in message
 
 
+def test_data_workers_is_a_number_of_processes_and_shown_with_the_defaults(tmp_path, registry):
+    config = load_config(write(tmp_path, VALID), registry)
+    assert config.data.workers == 1 and config.to_dict()["data"]["workers"] == 1
+    assert load_config(write(tmp_path, VALID + "  workers: 3\n"), registry).data.workers == 3
+    for bad in ("0", "two", "1.5", "true"):
+        path = write(tmp_path, VALID + f"  workers: {bad}\n")
+        assert (f"{path}:12: data.workers: expected a number of processes, at least 1"
+                in errors_of(path, registry))
+
+
 def test_unknown_setting_lists_the_allowed_ones(tmp_path, registry):
     path = write(tmp_path, VALID.replace("min_chars: 5", "min_char: 5"))
     message = errors_of(path, registry)

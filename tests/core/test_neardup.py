@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lmforge.data.neardup import NearDuplicateIndex, lsh_bands
+from lmforge.data.neardup import NearDuplicateIndex, jaccard, lsh_bands
 
 PARAGRAPH = (
     "Emma Woodhouse, handsome, clever, and rich, with a comfortable home and happy disposition, "
@@ -40,36 +40,36 @@ def test_estimate_is_close_to_the_true_shingle_jaccard():
     # One word changed in the middle spoils 5 of 56 shingles: Jaccard = 51 / 61 ~ 0.84, so such
     # an edit sits near the default threshold; an edit near either end spoils fewer shingles.
     edited = _replace_word(PARAGRAPH, 30, "hardly")
-    estimate = index.signature(PARAGRAPH).jaccard(index.signature(edited))
+    estimate = jaccard(index.signature(PARAGRAPH), index.signature(edited))
     assert estimate == pytest.approx(51 / 61, abs=0.12)
-    assert index.signature(PARAGRAPH).jaccard(index.signature(OTHER)) < 0.1
+    assert jaccard(index.signature(PARAGRAPH), index.signature(OTHER)) < 0.1
 
 
 def test_signature_ignores_case_whitespace_and_compatibility_forms():
     index = NearDuplicateIndex()
     variant = "  " + PARAGRAPH.upper().replace(" ", " \n\t ").replace("fi", "\ufb01") + "\n"
-    assert index.signature(variant) == index.signature(PARAGRAPH)
+    assert np.array_equal(index.signature(variant), index.signature(PARAGRAPH))
 
 
 def test_signatures_are_reproducible_across_indexes():
     first = NearDuplicateIndex(seed=7).signature(PARAGRAPH)
     second = NearDuplicateIndex(seed=7).signature(PARAGRAPH)
     other_seed = NearDuplicateIndex(seed=8).signature(PARAGRAPH)
-    assert np.array_equal(first.hashvalues, second.hashvalues)
-    assert not np.array_equal(first.hashvalues, other_seed.hashvalues)
+    assert np.array_equal(first, second)
+    assert not np.array_equal(first, other_seed)
 
 
 def test_word_order_matters_through_shingles():
     index = NearDuplicateIndex(shingle_size=2)
     forward = index.signature("one two three four five six seven eight")
     backward = index.signature("eight seven six five four three two one")
-    assert forward.jaccard(backward) < 0.2
+    assert jaccard(forward, backward) < 0.2
 
 
 def test_text_shorter_than_a_shingle_is_one_shingle():
     index = NearDuplicateIndex(shingle_size=5)
-    assert index.signature("hello world").jaccard(index.signature("Hello   WORLD")) == 1.0
-    assert index.signature("hello world").jaccard(index.signature("world hello")) < 0.1
+    assert jaccard(index.signature("hello world"), index.signature("Hello   WORLD")) == 1.0
+    assert jaccard(index.signature("hello world"), index.signature("world hello")) < 0.1
     index.insert(0, index.signature("hello world"))
     assert index.query(index.signature("hello world")) == [0]
     assert index.query(index.signature("hello there")) == []
@@ -116,3 +116,15 @@ def test_lsh_bands_offer_most_pairs_at_the_threshold(threshold, num_perm):
 def test_rejects_nonsense_parameters(arguments):
     with pytest.raises(ValueError):
         NearDuplicateIndex(**arguments)
+
+
+def test_signatures_equal_datasketch_affine32_minhashes():
+    MinHash = pytest.importorskip("datasketch").MinHash
+
+    index = NearDuplicateIndex(num_perm=64, shingle_size=3, seed=5)
+    reference = MinHash(num_perm=64, seed=5, scheme="affine32").permutations
+    for text in (PARAGRAPH, OTHER, "one", "two words"):
+        expected = MinHash(num_perm=64, seed=5, hashfunc=int, permutations=reference,
+                           scheme="affine32")
+        expected.update_batch(index._shingle_hashes(text).tolist())
+        assert np.array_equal(index.signature(text), expected.hashvalues)

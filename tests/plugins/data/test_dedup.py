@@ -103,3 +103,16 @@ def test_austen_chapter_headings_are_duplicates():
     assert kept.count("CHAPTER I") == 1
     assert dedup.report()["exact_duplicates"] > 0
     assert dedup.report()["duplicate_rate"] < 0.05
+
+
+@pytest.mark.parametrize("near", [False, True])
+def test_precomputed_keys_decide_as_process_alone(near):
+    """What a worker process precomputes (in another instance) gives the same decisions."""
+    texts = [PARAGRAPH, EDITED, DIFFERENT, PARAGRAPH.upper(), EDITED + " ", DIFFERENT[:50]]
+    alone, ahead, worker = make(near=near), make(near=near), make(near=near)
+    precomputed = [worker.precompute({"text": text}) for text in texts]
+    decisions = [alone.process({"text": text}) is not None for text in texts]
+    assert decisions == [ahead.process({"text": text}, pre) is not None
+                         for text, pre in zip(texts, precomputed, strict=True)]
+    assert alone.report() == ahead.report() and worker.records_seen == 0
+    assert decisions == [True, not near, True, False, False, True]
