@@ -297,7 +297,7 @@ class Fit:
             tokens += task.tokens_in(batch)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             # Dropout masks follow the micro-batch, whichever process and session computes it.
-            seed_dropout(self.context.seed, index)
+            seed_dropout(self.context.seed, index, self.device)
             with no_gradient_sync(self.model, micro == share.micro_batches[-1]):
                 with self.autocast:
                     loss, _ = task.loss(self.model, batch)
