@@ -27,9 +27,13 @@ class StandardTrainer(Trainer):
     A first Ctrl-C drops the unfinished accumulation window, saves the last completed step and
     returns; a second one stops at once. `max_time` counts training seconds only: evaluation,
     checkpoints and plots are excluded, as in nanoGPT's timings, and the count carries over a
-    resume. Training RNG (dropout) is seeded from the run seed; evaluation leaves it untouched.
-    An interrupted step rewinds torch's generators to the step's start (snapshotted each step);
-    Python's and NumPy's are saved as they are, since batches never draw from them.
+    resume. Dropout draws from torch's generator seeded per micro-batch by (seed, index), so its
+    masks do not depend on earlier steps, on resuming, or on which process computes them;
+    evaluation leaves the generators untouched. Under torchrun (`lmforge run --nproc N`) the model
+    is wrapped for `strategy` (ddp or fsdp), each rank computes its share of each step's global
+    batch (batch_size x grad_accum, the same at any N), validation is split over the ranks, and
+    rank 0 alone logs and saves; checkpoints keep the one-process layout, so a run resumes at any
+    process count.
     Writes `metrics.jsonl` (a `run` line per session, then `train` and `eval` lines) and calls
     the run's callbacks (by default `loss-plot` and `progress-bar`) with each line. With
     `restore_best`, each better validation loss saves the weights to `best/`, and the final
