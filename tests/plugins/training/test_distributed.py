@@ -114,9 +114,10 @@ def forget_after(workdir: Path, name: str, step: int) -> None:
             folder.rmdir()
 
 
-@pytest.mark.parametrize(("model", "strategy"), [("gpt", "ddp"), ("lstm", "ddp"),
-                                                 pytest.param("gpt", "fsdp",
-                                                              marks=pytest.mark.slow)])
+# the default run keeps one (about 25 s here); the others run in make test-slow
+@pytest.mark.parametrize(("model", "strategy"), [
+    ("gpt", "ddp"), pytest.param("lstm", "ddp", marks=pytest.mark.slow),
+    pytest.param("gpt", "fsdp", marks=pytest.mark.slow)])
 def test_two_processes_train_as_one_does(workdir, model, strategy):
     train(workdir, model, f"{model}-one")
     train(workdir, model, f"{model}-two-{strategy}", "--nproc", "2",
