@@ -154,6 +154,7 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
+@pytest.mark.slow  # about 20 s for both: kept out of make test to hold it under 15 minutes
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads processes from /proc")
 @pytest.mark.parametrize("stop", ["ctrl-c", "kill"])
 def test_a_stopped_prepare_with_workers_leaves_no_process_and_no_prepared_folder(tmp_path, stop):

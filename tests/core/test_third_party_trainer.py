@@ -99,6 +99,7 @@ def test_run_eval_and_predict_with_a_third_party_trainer(config, plugin_env):
     assert json.loads(predicted.stdout)["label"] == "positive"
 
 
+@pytest.mark.slow  # about 25 s: kept out of make test to hold it under 15 minutes
 def test_sweep_over_a_third_party_trainer(config, plugin_env):
     searched = run("sweep", str(config), "--set", "name=sgd-sweep",
                    "--param", "trainer.lr=loguniform(0.05,1.0)", "--sampler", "random",

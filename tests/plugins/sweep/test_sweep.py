@@ -95,6 +95,7 @@ def test_grid_sweep_goes_on_after_a_failed_trial_and_writes_the_best_config(regi
     assert (folder / "sweep.json").read_text() == before
 
 
+@pytest.mark.slow  # about 35 s: kept out of make test to hold it under 15 minutes
 def test_stopped_sweep_resumes_the_interrupted_trial_and_redoes_nothing(tmp_path):
     # trial 2 is interrupted after its first checkpoint (step 25) of 600: a margin counted in
     # steps, so however fast the machine, the interrupt lands long before the trial would end
@@ -133,6 +134,7 @@ def test_stopped_sweep_resumes_the_interrupted_trial_and_redoes_nothing(tmp_path
     assert (folder / "trial-2" / "eval.json").exists()
 
 
+@pytest.mark.slow  # about 35 s: kept out of make test to hold it under 15 minutes
 @pytest.mark.skipif(__import__("importlib").util.find_spec("optuna") is None,
                     reason="optuna is not installed (the tune extra)")
 def test_tpe_sweep_prunes_a_trial_whose_validation_loss_lags(registry, tmp_path):
