@@ -5,6 +5,7 @@ between fsdp, ddp and one process."""
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from lmforge.run.checkpoint import MODEL_FILE
+from lmforge.run.checkpoint import MODEL_FILE, load_model_weights
 
 GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)
 SCATTER = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
@@ -83,3 +84,36 @@ def scatter_optimizer(module: nn.Module, optimizer: torch.optim.Optimizer,
                 "param_groups": [{**group, "params": [names[i] for i in group["params"]]}
                                  for group in state["param_groups"]]}
     set_optimizer_state_dict(module, optimizer, full, options=SCATTER)
+
+
+class ModelState:
+    """The weights and optimizer state as checkpoints hold them, whether the model is whole in
+    this process or sharded by FSDP (then every rank must make each call: they gather)."""
+
+    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, sharded: bool,
+                 main: bool) -> None:
+        self.module, self.optimizer, self.sharded, self.main = module, optimizer, sharded, main
+
+    def load_weights(self, folder: Path) -> None:
+        if self.sharded:
+            scatter_weights(self.module, folder, self.main)
+        else:
+            load_model_weights(folder, self.module)
+
+    def weights_writer(self) -> Callable[[Path], None] | None:
+        """What writes the weights: None for the model's own."""
+        if not self.sharded:
+            return None
+        weights = gather_weights(self.module)
+        return lambda path: save_weights(weights, path, self.module)
+
+    def optimizer_state(self) -> dict[str, Any]:
+        if self.sharded:
+            return gather_optimizer(self.module, self.optimizer)
+        return self.optimizer.state_dict()
+
+    def load_optimizer(self, state: dict[str, Any]) -> None:
+        if self.sharded:
+            scatter_optimizer(self.module, self.optimizer, state, self.main)
+        else:
+            self.optimizer.load_state_dict(state)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,15 +21,9 @@ from lmforge.plugins.training.distributed import (
     training_group,
     wrap,
 )
-from lmforge.plugins.training.fsdp_state import (
-    gather_optimizer,
-    gather_weights,
-    save_weights,
-    scatter_optimizer,
-    scatter_weights,
-)
+from lmforge.plugins.training.fsdp_state import ModelState
 from lmforge.plugins.training.optim import build_optimizer, lr_factor
-from lmforge.plugins.training.peak import peak_flops
+from lmforge.plugins.training.peak import peak_flops, summary_text
 from lmforge.plugins.training.state import (
     STATE_FORMAT,
     Interrupt,
@@ -49,7 +42,6 @@ from lmforge.run.checkpoint import (
     checkpoint_step,
     complete_checkpoints,
     latest_checkpoint,
-    load_model_weights,
     load_trainer_state,
     read_meta,
     refuse_overwrite,
@@ -161,6 +153,8 @@ class Fit:
             self.model = wrap(self.module, s.strategy, self.group, self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.module, s)
+        self.fsdp = self.distributed and s.strategy == "fsdp"
+        self.saved = ModelState(self.module, self.optimizer, self.fsdp, self.world.main)
         state = self._resume_state()
         if self.world.main:
             self._setup_flops()
@@ -193,11 +187,8 @@ class Fit:
         if state.get("format") != STATE_FORMAT:
             raise LmforgeError(f"checkpoint {folder}: expected trainer state format "
                                f"{STATE_FORMAT}, found {state.get('format')!r}")
-        self._load_weights(folder)
-        if self.fsdp:
-            scatter_optimizer(self.module, self.optimizer, state["optimizer"], self.world.main)
-        else:
-            self.optimizer.load_state_dict(state["optimizer"])
+        self.saved.load_weights(folder)
+        self.saved.load_optimizer(state["optimizer"])
         self._restore_counters(state)
         self.last_checkpoint = folder
         self.last_checkpoint_final = bool(meta.get("final"))
@@ -430,26 +421,8 @@ class Fit:
                                "val_loss": val_loss, "best_val_loss": self.best_val_loss,
                                "elapsed": self.clock.elapsed()})
 
-    @property
-    def fsdp(self) -> bool:
-        return self.distributed and self.s.strategy == "fsdp"
-
-    def _load_weights(self, folder: Path) -> None:
-        if self.fsdp:
-            scatter_weights(self.module, folder, self.world.main)
-        else:
-            load_model_weights(folder, self.module)
-
-    def _weights_writer(self) -> Callable[[Path], None] | None:
-        """What writes the weights: None for the model's own (gathered first under FSDP, so
-        every rank must call this)."""
-        if not self.fsdp:
-            return None
-        weights = gather_weights(self.module)
-        return lambda path: save_weights(weights, path, self.module)
-
     def _save_best(self, val_loss: float) -> None:
-        writer = self._weights_writer()
+        writer = self.saved.weights_writer()  # every rank gathers
         if self.world.main:
             save_best_weights(self.run_dir, self.step, self.module, val_loss, writer)
         if self.distributed:  # the others may read best/ at the end: it must be whole by then
@@ -458,8 +431,7 @@ class Fit:
     def _trainer_state(self, rng: dict[str, Any]) -> dict[str, Any]:
         return {"format": STATE_FORMAT, "step": self.step, "micro_batch_index": self.micro_index,
                 "tokens": self.tokens, "train_seconds": self.clock.elapsed(),
-                "optimizer": (gather_optimizer(self.module, self.optimizer) if self.fsdp
-                              else self.optimizer.state_dict()), "rng": rng,
+                "optimizer": self.saved.optimizer_state(), "rng": rng,
                 "best_val_loss": self.best_val_loss, "last_val_loss": self.last_val_loss,
                 "evals_without_improvement": self.evals_without_improvement,
                 "last_eval_step": self.last_eval_step, "window_loss": self._window_loss().cpu(),
@@ -470,7 +442,7 @@ class Fit:
                 "tokenizer_hash": self.context.tokenizer_hash, "val_loss": self.last_val_loss,
                 "best_val_loss": self.best_val_loss, "tokens": self.tokens, "final": False,
                 "processes": self.world.size, **(extra_meta or {})}
-        state, writer = self._trainer_state(rng), self._weights_writer()  # every rank gathers
+        state, writer = self._trainer_state(rng), self.saved.weights_writer()  # every rank gathers
         self.last_checkpoint = checkpoint_dir(self.run_dir, self.step)
         self.last_checkpoint_final = meta["final"]
         if not self.world.main:
@@ -491,7 +463,7 @@ class Fit:
         step = self.restored_step = meta["step"]
         if step == self.step:
             return False
-        self._load_weights(best)
+        self.saved.load_weights(best)
         self.console.print(f"restored the weights of step {step} (best val loss "
                            f"{self.best_val_loss:.4f})")
         return True
@@ -511,19 +483,5 @@ class Fit:
         }
 
     def _print_summary(self, summary: dict[str, Any]) -> None:
-        lines = [f"stopped at step {summary['steps']} ({summary['stopped']}) after "
-                 f"{summary['train_seconds']:.1f} s of training: {summary['tokens']:,} tokens, "
-                 f"{summary['tokens_per_s']:,.0f} tokens/s"]
-        losses = [f"{name} {summary[key]:.4f}" for name, key in
-                  (("train loss", "final_train_loss"), ("val loss", "final_val_loss"),
-                   ("best val loss", "best_val_loss")) if summary[key] is not None]
-        if losses:
-            lines.append(", ".join(losses))
-        if summary["mfu"] is not None:
-            lines.append(f"MFU {summary['mfu']:.1%} against a measured matmul peak of "
-                         f"{summary['peak_flops'] / 1e9:.1f} GFLOP/s (probe, {self.s.precision}, "
-                         f"{self.device.type})")
-        lines.append(f"checkpoint: {summary['checkpoint']}")
-        if summary["interrupted"]:
-            lines.append("interrupted: resume with --resume")
-        self.console.print("\n".join(lines), highlight=False)
+        self.console.print(summary_text(summary, self.s.precision, self.device.type),
+                           highlight=False)

@@ -1,4 +1,5 @@
-"""Peak matmul FLOP/s of this machine (the MFU denominator): measured once by a probe, cached."""
+"""Peak matmul FLOP/s of this machine (the MFU denominator), probed once and cached, and the
+run summary that reports MFU against it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -92,3 +94,24 @@ def peak_flops(dtype: str = "float32", device: str = "cpu") -> tuple[float, bool
     with contextlib.suppress(OSError):  # a read-only home only costs a probe per run
         atomic_write_text(path, json.dumps(cache, indent=2, sort_keys=True) + "\n")
     return value, True
+
+
+def summary_text(summary: dict[str, Any], precision: str, device_type: str) -> str:
+    """The lines a run ends with: steps, speed, losses, MFU against the probed peak and the
+    checkpoint."""
+    lines = [f"stopped at step {summary['steps']} ({summary['stopped']}) after "
+             f"{summary['train_seconds']:.1f} s of training: {summary['tokens']:,} tokens, "
+             f"{summary['tokens_per_s']:,.0f} tokens/s"]
+    losses = [f"{name} {summary[key]:.4f}" for name, key in
+              (("train loss", "final_train_loss"), ("val loss", "final_val_loss"),
+               ("best val loss", "best_val_loss")) if summary[key] is not None]
+    if losses:
+        lines.append(", ".join(losses))
+    if summary["mfu"] is not None:
+        lines.append(f"MFU {summary['mfu']:.1%} against a measured matmul peak of "
+                     f"{summary['peak_flops'] / 1e9:.1f} GFLOP/s (probe, {precision}, "
+                     f"{device_type})")
+    lines.append(f"checkpoint: {summary['checkpoint']}")
+    if summary["interrupted"]:
+        lines.append("interrupted: resume with --resume")
+    return "\n".join(lines)
